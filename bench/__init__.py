@@ -1,0 +1,1 @@
+"""Benchmarks. Run `python -m bench` (or `make bench`); see bench/core.py."""

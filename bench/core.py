@@ -1,0 +1,147 @@
+"""Core engine speed: the Pod Security ValidatingPolicy set on a 10 KB Pod, and `celvern apply` over 500 Pods.
+
+Figures are medians over repeated runs after a warm-up, printed with the command that produced them. These
+machines are shared and noisy, so a single number means little; compare medians from the same run.
+
+    python -m bench                # both parts
+    python -m bench --evaluations 2000 --apply-runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.evaluation import EvaluationContext
+from engine.loader import load_paths
+from engine.policy_set import build_policy_set, evaluate, split_documents
+from engine.request import request_for_resource
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+POD_SECURITY = REPOSITORY.parent / "shared" / "conformance" / "kyverno-policies" / "pod-security-vpol"
+
+
+def pod_security_policy_files() -> list[Path]:
+    """The 16 ValidatingPolicies of Kyverno's pod-security-vpol library (not their tests)."""
+    return sorted(p for p in POD_SECURITY.glob("*/*/*.yaml") if p.name != "kustomization.yaml")
+
+
+def make_pod(name: str, *, target_bytes: int = 10_000, privileged: bool = False) -> dict[str, Any]:
+    """A realistic Pod of about `target_bytes` of YAML: several containers with env, mounts, probes."""
+    containers = []
+    index = 0
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team-a", "labels": {"app": name, "tier": "web"},
+                     "annotations": {"owner": "team-a", "description": "benchmark pod " * 4}},
+        "spec": {"containers": containers, "volumes": [], "securityContext": {"runAsNonRoot": True,
+                 "seccompProfile": {"type": "RuntimeDefault"}}},
+    }
+    while len(yaml.safe_dump(pod)) < target_bytes:
+        containers.append({
+            "name": f"c{index}",
+            "image": f"registry.example.com/team-a/app{index}:1.{index}.0",
+            "ports": [{"containerPort": 8080 + index, "protocol": "TCP"}],
+            "env": [{"name": f"VAR_{index}_{j}", "value": f"value-{j}"} for j in range(8)],
+            "volumeMounts": [{"name": f"data{index}", "mountPath": f"/data/{index}", "readOnly": True}],
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + index}},
+            "securityContext": {"allowPrivilegeEscalation": False, "privileged": privileged and index == 0,
+                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+        })
+        pod["spec"]["volumes"].append({"name": f"data{index}", "configMap": {"name": f"cm{index}"}})
+        index += 1
+    return pod
+
+
+def bench_evaluation(evaluations: int) -> dict[str, float]:
+    documents = load_paths(pod_security_policy_files())
+    policies, _ = split_documents(documents)
+    started = time.perf_counter()
+    policy_set = build_policy_set(policies)
+    compile_ms = (time.perf_counter() - started) * 1000
+    assert not policy_set.compile_errors, policy_set.compile_errors
+    pod = make_pod("bench")
+    size = len(yaml.safe_dump(pod))
+    context = EvaluationContext(request=request_for_resource(pod))
+    for _ in range(50):  # warm-up
+        evaluate(policy_set, context)
+    samples = []
+    for _ in range(evaluations):
+        context = EvaluationContext(request=request_for_resource(pod))
+        begin = time.perf_counter()
+        evaluate(policy_set, context)
+        samples.append(time.perf_counter() - begin)
+    return {
+        "policies": float(policy_set.policy_count),
+        "compiled (incl. autogen)": float(len(policy_set.validating)),
+        "pod bytes": float(size),
+        "compile ms": compile_ms,
+        "median ms": statistics.median(samples) * 1000,
+        "p95 ms": sorted(samples)[int(0.95 * len(samples)) - 1] * 1000,
+    }
+
+
+def bench_apply(pods: int, runs: int) -> dict[str, float]:
+    directory = Path(tempfile.mkdtemp(prefix="celvern-bench-"))
+    try:
+        documents = [make_pod(f"pod-{i}", target_bytes=2_000, privileged=(i % 5 == 0)) for i in range(pods)]
+        (directory / "pods.yaml").write_text(yaml.safe_dump_all(documents))
+        policy_dir = directory / "policies"
+        policy_dir.mkdir()
+        for path in pod_security_policy_files():
+            shutil.copy(path, policy_dir / f"{path.parent.name}.yaml")
+        command = [sys.executable, "-m", "cli.main", "apply", str(policy_dir), "-r", str(directory / "pods.yaml")]
+        if shutil.which("taskset"):
+            command = ["taskset", "-c", "0", *command]  # one core, as the target says
+        samples = []
+        for run in range(runs + 1):
+            begin = time.perf_counter()
+            completed = subprocess.run(command, capture_output=True, text=True, cwd=REPOSITORY, check=False)
+            elapsed = time.perf_counter() - begin
+            if completed.returncode not in (0, 1):
+                raise SystemExit(f"celvern apply failed:\n{completed.stderr}")
+            if run:  # the first run is warm-up (file cache, bytecode)
+                samples.append(elapsed)
+        summary = completed.stdout.strip().splitlines()[-1]
+        print(f"  apply summary line: {summary}")
+        return {"pods": float(pods), "runs": float(runs), "median s": statistics.median(samples),
+                "min s": min(samples)}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--evaluations", type=int, default=2000)
+    parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--apply-runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not POD_SECURITY.is_dir():
+        print(f"pod-security policies not found at {POD_SECURITY}", file=sys.stderr)
+        return 2
+    print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
+    print("1. Pod Security set (16 ValidatingPolicies + autogen) on one ~10 KB Pod, in-process")
+    for key, value in bench_evaluation(args.evaluations).items():
+        print(f"  {key:<26} {value:10.3f}")
+    print(f"2. celvern apply of the Pod Security set over {args.pods} Pods (subprocess, one core)")
+    for key, value in bench_apply(args.pods, args.apply_runs).items():
+        print(f"  {key:<26} {value:10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

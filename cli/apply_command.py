@@ -1,0 +1,191 @@
+"""`celvern apply`: evaluate policies against resource manifests or JSON payloads, as `kyverno apply` does.
+
+Thin by design: parse flags, load inputs through `cli.inputs`/`cli.suite`, evaluate with `cli.suite`, render
+with `cli.output`. Exit codes are the same in every output mode: 0 clean, 1 on any fail or error, the
+`--warn-exit-code` value on warnings only, and 2 for usage errors or input that does not load."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+
+import click
+
+from cli.inputs import ClusterContext, RequestUser, Values, load_context, load_user_info, load_values
+from cli.output import apply_table, apply_text, console, documents_text, error_text
+from cli.suite import (
+    ApplyOutcome,
+    RunInputs,
+    Subject,
+    build_services,
+    evaluate_subjects,
+    load_payloads,
+    load_policy_set,
+    resource_documents,
+    subjects_of,
+)
+from engine.errors import PolicyCompileError
+from engine.loader import STDIN, load_paths
+from engine.reports import build_reports
+from engine.request import CREATE
+from engine.resources import ResourceMapper
+from engine.results import PolicyResponse
+
+PROGRESS_THRESHOLD = 200
+"""Show a progress bar (on a terminal) when more resources than this are evaluated."""
+
+_OPERATIONS = click.Choice(["CREATE", "UPDATE", "DELETE"], case_sensitive=False)
+
+
+def _with_progress(
+    evaluations: Iterator[tuple[Subject, list[PolicyResponse]]], total: int
+) -> Iterable[tuple[Subject, list[PolicyResponse]]]:
+    if total <= PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        return evaluations
+    from rich.progress import track
+
+    return track(
+        evaluations, total=total, description="Evaluating", console=console(sys.stderr), transient=True
+    )
+
+
+@click.command("apply")
+@click.argument("policies", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "-r",
+    "--resource",
+    "--resources",
+    "resources",
+    multiple=True,
+    type=click.Path(),
+    help="Resource file or directory (repeatable); `-` reads stdin.",
+)
+@click.option(
+    "-e",
+    "--exception",
+    "--exceptions",
+    "exceptions",
+    multiple=True,
+    type=click.Path(),
+    help="PolicyException file or directory (repeatable).",
+)
+@click.option(
+    "-f",
+    "--values",
+    "--values-file",
+    "values_file",
+    type=click.Path(),
+    help="Values file (namespace labels and objects, globalValues).",
+)
+@click.option(
+    "-u", "--userinfo", "userinfo_file", type=click.Path(), help="UserInfo file for request.userInfo."
+)
+@click.option(
+    "--operation",
+    type=_OPERATIONS,
+    default=None,
+    help="Admission operation to simulate [default: CREATE, or request.operation from --values].",
+)
+@click.option(
+    "--crd",
+    "--crd-paths",
+    "crds",
+    multiple=True,
+    type=click.Path(),
+    help="CustomResourceDefinition file or directory (repeatable), for kind to resource mapping.",
+)
+@click.option(
+    "--context-file", type=click.Path(), help="Context file: objects for resource.* and image data."
+)
+@click.option(
+    "--json",
+    "json_payloads",
+    multiple=True,
+    type=click.Path(),
+    help="JSON payload file for JSON-mode policies (repeatable; not with --resource).",
+)
+@click.option("--audit-warn", is_flag=True, help="Report failures as audit warnings.")
+@click.option(
+    "--warn-exit-code",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Exit code when there are warnings but no failures or errors.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "table", "json", "yaml"]),
+    default="text",
+    show_default=True,
+    help="Output format; json and yaml print policy reports.",
+)
+@click.option("--detailed-results", is_flag=True, help="Add the message column to the table output.")
+@click.pass_context
+def apply_command(
+    ctx: click.Context,
+    policies: tuple[str, ...],
+    resources: tuple[str, ...],
+    exceptions: tuple[str, ...],
+    values_file: str | None,
+    userinfo_file: str | None,
+    operation: str | None,
+    crds: tuple[str, ...],
+    context_file: str | None,
+    json_payloads: tuple[str, ...],
+    audit_warn: bool,
+    warn_exit_code: int,
+    output: str,
+    detailed_results: bool,
+) -> None:
+    """Apply POLICIES (files or directories) to resources and print the results."""
+    if json_payloads and resources:
+        raise click.UsageError("--json cannot be combined with --resource")
+    if not json_payloads and not resources:
+        raise click.UsageError("no resources given: use --resource (or --json for JSON payloads)")
+
+    policy_set = load_policy_set(policies, exceptions)
+    if policy_set.compile_errors:
+        ctx.exit(_report_compile_errors(policy_set.compile_errors))
+    for unsupported in policy_set.unsupported:
+        click.echo(f"note: {unsupported.kind} {unsupported.name} is not evaluated by this version", err=True)
+
+    stdin_text = sys.stdin.read() if STDIN in resources else None
+    documents = resource_documents(load_paths(resources, stdin_text=stdin_text)) if resources else []
+    payloads = load_payloads(json_payloads)
+    values = load_values(values_file) if values_file else Values()
+    user = load_user_info(userinfo_file) if userinfo_file else RequestUser()
+    context = load_context(context_file) if context_file else ClusterContext()
+    mapper = ResourceMapper.build([*(d.data for d in load_paths(crds)), *context.crds])
+    inputs = RunInputs(
+        policy_set=policy_set,
+        subjects=tuple(subjects_of(documents, payloads, mapper=mapper)),
+        values=values,
+        user=user,
+        mapper=mapper,
+        services=build_services(context, mapper),
+    )
+
+    outcome = ApplyOutcome()
+    chosen = (operation.upper() if operation else None) or values.operation or CREATE
+    for subject, responses in _with_progress(evaluate_subjects(inputs, chosen), len(inputs.subjects)):
+        outcome.add(subject, responses)
+
+    if output == "text":
+        policy_count = policy_set.policy_count - len(policy_set.unsupported)
+        lines = apply_text(
+            outcome, policies=policy_count, exceptions=len(policy_set.exceptions), audit_warn=audit_warn
+        )
+        click.echo("\n".join(lines))
+    elif output == "table":
+        apply_table(console(), outcome, detailed=detailed_results, audit_warn=audit_warn)
+    else:
+        reports = build_reports((response for _, response in outcome.responses), audit_warn=audit_warn)
+        click.echo(documents_text(reports, output))
+    ctx.exit(outcome.exit_code(warn_exit_code))
+
+
+def _report_compile_errors(errors: Iterable[PolicyCompileError]) -> int:
+    for error in errors:
+        click.echo(error_text(error), err=True)
+    return PolicyCompileError.exit_code

@@ -1,0 +1,241 @@
+"""Rendering of `celvern apply` and `celvern test` results: text, tables, JSON, YAML and JUnit XML.
+
+Everything here turns already-computed results (`cli.suite`) into text; nothing evaluates or decides exit
+codes. The plain text of `apply` copies Kyverno's output byte for byte (kyverno-cel-spec.md 4.1, trailing
+space of the summary line included) so scripts written against `kyverno apply` keep working, and it is built
+from plain strings: only failures and errors produce lines, so large runs spend no time rendering passes.
+Tables go through rich, with colour only when the output is a terminal."""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TextIO
+
+import orjson
+import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cli.suite import JSON_PAYLOAD, ApplyOutcome, Row, Subject, TestFileResult, summarize
+from engine.errors import CelvernError, PolicyCompileError
+from engine.reports import result_status
+from engine.results import PolicyResponse, Status
+
+_NON_TERMINAL_WIDTH = 10_000
+"""Width given to rich when output is not a terminal, so that tables in logs and files never wrap."""
+
+
+def console(stream: TextIO | None = None) -> Console:
+    """A rich console on `stream` (stdout by default): colour and terminal width only on a terminal."""
+    stream = stream if stream is not None else sys.stdout
+    terminal = stream.isatty()
+    return Console(
+        file=stream,
+        force_terminal=terminal,
+        no_color=not terminal,
+        highlight=False,
+        width=None if terminal else _NON_TERMINAL_WIDTH,
+        soft_wrap=False,
+    )
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SQUARE, show_lines=False, pad_edge=True)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+_STATUS_STYLE = {
+    "pass": "green",
+    "fail": "red",
+    "warn": "yellow",
+    "error": "magenta",
+    "skip": "cyan",
+    "Pass": "green",
+    "Fail": "red",
+    "Skip": "cyan",
+}
+
+
+def _styled(value: str) -> Text:
+    return Text(value, style=_STATUS_STYLE.get(value, ""))
+
+
+# --- apply --------------------------------------------------------------------------------------------------
+
+
+def subject_path(subject: Subject) -> str:
+    """`namespace/Kind/name` as Kyverno prints resources (`JSON payload` for payloads)."""
+    return JSON_PAYLOAD if subject.is_payload else subject.key.path()
+
+
+def apply_text(outcome: ApplyOutcome, *, policies: int, exceptions: int, audit_warn: bool) -> Iterator[str]:
+    """Kyverno's `apply` text output, line by line."""
+    with_exceptions = f" with {exceptions} exception(s)" if exceptions else ""
+    yield ""
+    yield f"Applying {policies} policy rule(s) to {outcome.subjects} resource(s){with_exceptions}..."
+    for subject, response in outcome.responses:
+        yield from _violations(subject, response, audit_warn=audit_warn)
+    counts = outcome.counts
+    yield ""
+    yield (
+        f"pass: {counts[Status.PASS]}, fail: {counts[Status.FAIL]}, warn: {counts[Status.WARN]}, "
+        f"error: {counts[Status.ERROR]}, skip: {counts[Status.SKIP]} "
+    )
+
+
+def _violations(subject: Subject, response: PolicyResponse, *, audit_warn: bool) -> Iterator[str]:
+    failed = [rule for rule in response.rules if rule.status is Status.FAIL]
+    errors = [rule for rule in response.rules if rule.status is Status.ERROR]
+    head = f"policy {response.policy.name} -> resource {subject_path(subject)}"
+    if failed:
+        yield ""
+        yield f"{head} failed as audit warning:" if audit_warn else f"{head} failed:"
+        for number, rule in enumerate(failed, start=1):
+            yield f"{number} - {rule.rule} {rule.message or 'validation failed'}"
+    if errors:
+        yield ""
+        yield f"{head} error:"
+        for number, rule in enumerate(errors, start=1):
+            yield f"{number} - {rule.rule} {rule.message}"
+
+
+def apply_table(target: Console, outcome: ApplyOutcome, *, detailed: bool, audit_warn: bool) -> None:
+    """One row per rule result: ID, POLICY, RULE, RESOURCE, RESULT (and MESSAGE with `detailed`)."""
+    table = _table("ID", "POLICY", "RULE", "RESOURCE", "RESULT", *(("MESSAGE",) if detailed else ()))
+    number = 0
+    for subject, response in outcome.responses:
+        for rule in response.rules:
+            number += 1
+            status = result_status(response.policy, rule.status, audit_warn=audit_warn).value
+            cells = [
+                Text(str(number)),
+                Text(response.policy.name),
+                Text(rule.rule),
+                Text(subject_path(subject)),
+                _styled(status),
+            ]
+            if detailed:
+                cells.append(Text(rule.message))
+            table.add_row(*cells)
+    target.print(table)
+
+
+def documents_text(documents: Sequence[dict[str, Any]], output: str) -> str:
+    """Report documents as YAML (`---`-separated) or JSON (one object; a `List` when there are several)."""
+    if output == "json":
+        value: Any = (
+            documents[0]
+            if len(documents) == 1
+            else {"apiVersion": "v1", "kind": "List", "items": list(documents)}
+        )
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=len(documents) > 1).rstrip("\n")
+
+
+# --- test ---------------------------------------------------------------------------------------------------
+
+
+def loading_line(path: str) -> str:
+    return f"Loading test  ( {path} ) ..."
+
+
+def results_table(target: Console, rows: Sequence[Row], *, detailed: bool) -> None:
+    """Kyverno's results table: ID, POLICY, RULE, RESOURCE, RESULT, REASON (and MESSAGE)."""
+    table = _table(
+        "ID", "POLICY", "RULE", "RESOURCE", "RESULT", "REASON", *(("MESSAGE",) if detailed else ())
+    )
+    for number, row in enumerate(rows, start=1):
+        cells = [
+            Text(str(number)),
+            Text(row.policy),
+            Text(row.rule),
+            Text(row.resource),
+            _styled(row.verdict),
+            Text(row.reason),
+        ]
+        if detailed:
+            cells.append(Text(row.message))
+        table.add_row(*cells)
+    target.print(table)
+
+
+def summary_line(results: Iterable[TestFileResult]) -> str:
+    passed, failed = summarize(results)
+    return f"Test Summary: {passed} tests passed and {failed} tests failed"
+
+
+def results_document(results: Sequence[TestFileResult]) -> dict[str, Any]:
+    """The `-o json|yaml` document: a summary and one entry per (result entry x resource)."""
+    passed, failed = summarize(results)
+    return {
+        "summary": {"passed": passed, "failed": failed},
+        "results": [row.to_json() for result in results for row in result.rows],
+    }
+
+
+def results_json(results: Sequence[TestFileResult]) -> str:
+    return orjson.dumps(results_document(results), option=orjson.OPT_INDENT_2).decode()
+
+
+def results_yaml(results: Sequence[TestFileResult]) -> str:
+    return yaml.safe_dump(results_document(results), sort_keys=False).rstrip("\n")
+
+
+def results_junit(results: Sequence[TestFileResult]) -> str:
+    """JUnit XML: one testsuite per test file, one testcase per row; failures carry the reason."""
+    passed, failed = summarize(results)
+    root = ElementTree.Element(
+        "testsuites", name="celvern test", tests=str(passed + failed), failures=str(failed)
+    )
+    for result in results:
+        suite = ElementTree.SubElement(
+            root,
+            "testsuite",
+            name=result.path,
+            tests=str(len(result.rows)),
+            failures=str(result.failed),
+            skipped=str(sum(1 for row in result.rows if row.skipped)),
+        )
+        for row in result.rows:
+            name = f"{row.policy} {row.resource}".strip() if row.policy else "load"
+            case = ElementTree.SubElement(suite, "testcase", classname=result.path, name=name)
+            if row.skipped:
+                ElementTree.SubElement(case, "skipped", message=row.reason).text = row.message or None
+            elif not row.ok:
+                failure = ElementTree.SubElement(case, "failure", message=row.reason)
+                failure.text = (
+                    f"expected {row.expected}, got {row.actual or 'nothing'}" if row.policy else row.reason
+                )
+    ElementTree.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="unicode")
+
+
+__all__ = [
+    "apply_table",
+    "apply_text",
+    "console",
+    "documents_text",
+    "error_text",
+    "loading_line",
+    "results_document",
+    "results_json",
+    "results_junit",
+    "results_table",
+    "results_yaml",
+    "subject_path",
+    "summary_line",
+]
+
+
+def error_text(error: CelvernError) -> str:
+    """`file:line: field.path: message`, followed for compile errors by the expression when not yet shown."""
+    text = str(error)
+    if isinstance(error, PolicyCompileError) and error.expression and error.expression not in text:
+        text += "\n" + "\n".join(f"    | {line}" for line in error.expression.splitlines())
+    return text

@@ -1,0 +1,275 @@
+"""The CEL environment every policy expression is compiled in, and the compiled program type.
+
+One environment per policy family (validating, mutating, generating) is built once per process: it declares the
+variables Kyverno binds (kyverno-cel-spec.md 2.2), the runtime's extensions and every library under
+`engine.cel.libraries`. `compile_expression` runs an expression through `engine.cel.rewriting` (for language
+features the C++ runtime lacks), compiles it, and returns an immutable `Program`, or raises
+`PolicyCompileError` naming the field and showing the expression with a caret.
+
+Evaluation never raises: `Program.evaluate` returns the value, or a `CelError` for runtime errors, the
+runtime's iteration budget, or values the runtime cannot hand back.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cel_expr_python import cel
+from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
+
+from engine.cel.libraries import Library
+from engine.cel.rewriting import bind_variables, rewrite
+from engine.cel.syntax import CelSyntaxError
+from engine.errors import Location, PolicyCompileError
+
+# Variable names bound in every policy environment (kyverno-cel-spec.md 2.2).
+OBJECT = "object"
+OLD_OBJECT = "oldObject"
+REQUEST = "request"
+NAMESPACE_OBJECT = "namespaceObject"
+VARIABLES = "variables"
+EXCEPTIONS = "exceptions"
+GENERATOR = "generator"
+
+ITERATION_BUDGET = 10_000
+"""Comprehension iterations one evaluation may run (fixed inside cel-expr-python 0.1.3)."""
+
+_LIBRARY_MODULES = (
+    "engine.cel.libraries.kubernetes",
+    "engine.cel.libraries.kyverno",
+    "engine.cel.libraries.comprehensions",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CelError:
+    """A runtime error of one expression evaluation (returned, never raised)."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A compiled expression: immutable, shareable across threads and requests."""
+
+    source: str
+    """The expression as the user wrote it."""
+    text: str
+    """The expression as compiled (after rewriting and binding the variables it reads)."""
+    inlined: str
+    """The rewritten expression before its variables are bound (what another expression binds for it)."""
+    path: str
+    """Field path of the expression in its policy, e.g. `spec.validations[0].expression`."""
+    variables: frozenset[str]
+    """Names of the policy variables the expression reads directly."""
+    expression: Any  # cel_expr_python Expression
+    return_type: str
+
+    def evaluate(self, activation: Any) -> Any:
+        """The expression's value as plain Python data, or a CelError."""
+        try:
+            value = self.expression.eval(activation)
+            type_name = value.type().name()
+            if type_name == "ERROR" or type_name == "error":
+                return CelError(clean_message(str(value.value())))
+            return value.plain_value()
+        except RuntimeError as exc:
+            message = clean_message(str(exc))
+            if "Iteration budget exceeded" in message:
+                message = (
+                    f"evaluation exceeded the budget of {ITERATION_BUDGET:,} comprehension iterations "
+                    "(the input is too large for this expression)"
+                )
+            return CelError(message)
+        except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+            return CelError(f"the expression's value cannot be used: {exc}")
+
+
+_STATUS_PREFIX = re.compile(r"^[A-Z_]+: ")
+_STATUS_SUFFIX = re.compile(r"\s*\[[A-Z_]+\]$")
+
+
+def clean_message(message: str) -> str:
+    """Strip absl status decorations (`INVALID_ARGUMENT: ... [INVALID_ARGUMENT]`) from runtime messages."""
+    message = _STATUS_SUFFIX.sub("", message.strip())
+    message = _STATUS_PREFIX.sub("", message, count=1)
+    return message.removeprefix("ERROR: ")
+
+
+def _libraries() -> list[Library]:
+    found: list[Library] = []
+    for name in _LIBRARY_MODULES:
+        module = importlib.import_module(name)
+        libraries = getattr(module, "LIBRARIES", None)
+        if libraries is None:
+            libraries = (module.LIBRARY,)
+        found.extend(libraries)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """A CEL environment for one policy family."""
+
+    name: str
+    env: Any  # cel_expr_python Env
+    struct_types: Callable[[str], bool]
+
+    def activation(self, data: dict[str, Any]) -> Any:
+        """An activation over `data` (values are read lazily; dicts may be filled in after creation)."""
+        return self.env.Activation(data=data)
+
+    def compile(
+        self,
+        expression: str,
+        *,
+        path: str,
+        location: Location | None = None,
+        variables: Sequence[VariableDefinition] = (),
+    ) -> Program:
+        """Compile one expression; raises PolicyCompileError with the field path and a caret display.
+
+        `variables` are the policy variables in scope (declared before this expression, in order): reads of
+        `variables.N` are bound to them inside the compiled program, lazily and evaluated at most once.
+        """
+        if not isinstance(expression, str) or not expression.strip():
+            raise PolicyCompileError("expression is empty", field_path=path, expression=str(expression),
+                                     location=location)
+        scope = {definition.name: definition for definition in variables}
+        try:
+            rewritten = rewrite(expression, struct_types=self.struct_types, inline_variables=list(scope))
+        except CelSyntaxError as exc:
+            raise PolicyCompileError(exc.render(expression), field_path=path, expression=expression,
+                                     location=location) from None
+        except RecursionError:
+            raise PolicyCompileError("expression is nested too deeply", field_path=path, expression=expression,
+                                     location=location) from None
+        unknown = sorted(name for name in rewritten.variables if name not in scope)
+        if unknown:
+            raise PolicyCompileError(
+                f"undefined variable {', '.join(repr(n) for n in unknown)} (defined before this point: "
+                f"{', '.join(scope) or 'none'})", field_path=path, expression=expression, location=location)
+        needed = _closure(rewritten.variables, scope)
+        text = bind_variables(rewritten.text, [(d.name, d.inlined) for d in variables if d.name in needed])
+        try:
+            compiled = self.env.compile(text)
+        except RuntimeError as exc:
+            raise PolicyCompileError(self._explain(expression, text, str(exc)), field_path=path,
+                                     expression=expression, location=location) from None
+        return Program(
+            source=expression,
+            text=text,
+            inlined=rewritten.text,
+            path=path,
+            variables=rewritten.variables,
+            expression=compiled,
+            return_type=_type_name(compiled),
+        )
+
+    def _explain(self, original: str, text: str, message: str) -> str:
+        """The compile error, with carets on the user's own text whenever possible."""
+        cleaned = clean_message(message)
+        if text == original:
+            return cleaned
+        try:
+            self.env.compile(original)
+        except RuntimeError as exc:
+            original_message = clean_message(str(exc))
+            if "__celvern" not in cleaned and not _mentions_rewritten_construct(original_message):
+                return original_message
+        return f"{cleaned}\n(while compiling the rewritten form: {text})"
+
+
+@dataclass(frozen=True, slots=True)
+class VariableDefinition:
+    """A policy variable as other expressions see it: its name, inlined text and direct dependencies."""
+
+    name: str
+    inlined: str
+    variables: frozenset[str]
+
+
+def _closure(names: frozenset[str], scope: Mapping[str, VariableDefinition]) -> set[str]:
+    needed: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in needed or name not in scope:
+            continue
+        needed.add(name)
+        pending.extend(scope[name].variables)
+    return needed
+
+
+_REWRITTEN_NAMES = re.compile(
+    r"'(transformList|transformMap|transformMapEntry|existsOne|orValue|indexOf|lastIndexOf|reverse|string|"
+    r"validate|named|all|exists|exists_one|round)'"
+)
+
+
+def _mentions_rewritten_construct(message: str) -> bool:
+    return bool(_REWRITTEN_NAMES.search(message)) or "struct" in message or "missing type info" in message
+
+
+def _type_name(compiled: Any) -> str:
+    try:
+        return str(compiled.return_type().name())
+    except (AttributeError, RuntimeError):  # pragma: no cover - depends on runtime version
+        return "dyn"
+
+
+def _declarations(names: Iterable[str]) -> dict[str, Any]:
+    return {name: cel.Type.DYN for name in names}
+
+
+def _build(name: str, variables: Iterable[str], struct_types: Callable[[str], bool]) -> Environment:
+    functions = [declaration for library in _libraries() for declaration in library.functions]
+    env = cel.NewEnv(
+        variables=_declarations(variables),
+        extensions=[
+            ext_optional.ExtOptional(),
+            ext_strings.ExtStrings(),
+            ext_math.ExtMath(),
+            ext_bindings.ExtBindings(),
+            ext_encoders.ExtEncoders(),
+        ],
+        functions=functions,
+    )
+    return Environment(name, env, struct_types)
+
+
+def _no_structs(name: str) -> bool:
+    return False
+
+
+def _mutation_structs(name: str) -> bool:
+    return name == "JSONPatch" or name == "Object" or name.startswith("Object.")
+
+
+_COMMON = (OBJECT, OLD_OBJECT, REQUEST, NAMESPACE_OBJECT, VARIABLES, EXCEPTIONS)
+
+
+@functools.cache
+def validating_environment() -> Environment:
+    """Environment for ValidatingPolicy and the PolicyExceptions that target it."""
+    return _build("validating", _COMMON, _no_structs)
+
+
+@functools.cache
+def mutating_environment() -> Environment:
+    """Environment for MutatingPolicy: adds the `Object{...}` and `JSONPatch{...}` struct literals."""
+    return _build("mutating", _COMMON, _mutation_structs)
+
+
+@functools.cache
+def generating_environment() -> Environment:
+    """Environment for GeneratingPolicy: adds the `generator` handle."""
+    return _build("generating", (*_COMMON, GENERATOR), _no_structs)

@@ -1,0 +1,198 @@
+"""Compile policies once into immutable programs.
+
+Compilation turns a parsed policy (`engine.model`) into a `CompiledValidatingPolicy`: every CEL expression
+compiled to a `Program`, autogen variants derived, variables ordered and their dependencies known. A policy
+whose CEL does not compile is not dropped: its compiled form carries the error, and evaluation turns it into an
+`error` result (or a skip under `failurePolicy: Ignore`), so that a broken policy never fails open silently
+(k8s `validator.compileError`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import autogen
+from engine.cel.environment import Environment, Program, VariableDefinition, validating_environment
+from engine.errors import PolicyCompileError
+from engine.matching import candidate_resources
+from engine.model import (
+    MatchResources,
+    NamedExpression,
+    PolicyException,
+    ValidatingPolicy,
+)
+from engine.results import PolicyRef
+
+SEVERITY = "policies.kyverno.io/severity"
+CATEGORY = "policies.kyverno.io/category"
+SCORED = "policies.kyverno.io/scored"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledVariable:
+    name: str
+    program: Program
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledValidation:
+    index: int
+    program: Program
+    message: str
+    message_program: Program | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledValidatingPolicy:
+    """A ValidatingPolicy (or one of its autogen variants) ready to evaluate."""
+
+    source: ValidatingPolicy
+    ref: PolicyRef
+    variant: str
+    """"" for the policy as written, "autogen" or "autogen-cronjobs" for autogen variants."""
+    match_constraints: MatchResources | None
+    match_conditions: tuple[tuple[str, Program], ...] = ()
+    variables: Mapping[str, CompiledVariable] = field(default_factory=dict)
+    validations: tuple[CompiledValidation, ...] = ()
+    audit_annotations: tuple[tuple[str, Program], ...] = ()
+    error: PolicyCompileError | None = None
+    resources: frozenset[str] | None = None
+    """Plural resources the policy can match (None: any); see `engine.matching.candidate_resources`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def json_mode(self) -> bool:
+        return self.source.evaluation_mode == "JSON"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledException:
+    """A PolicyException with its matchConditions compiled in the target policies' environment."""
+
+    source: PolicyException
+    match_conditions: tuple[tuple[str, Program], ...] = ()
+    error: PolicyCompileError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.source.metadata.namespace
+
+    def applies_to(self, kind: str, name: str, now: datetime.datetime) -> bool:
+        """Whether this exception targets the policy (by kind and name) and has not expired."""
+        if self.source.expires_at is not None and now >= self.source.expires_at:
+            return False
+        return any(ref.name == name and ref.kind == kind for ref in self.source.policy_refs)
+
+
+def policy_ref(policy: ValidatingPolicy) -> PolicyRef:
+    """The report-facing identity of a policy, with severity/category from its annotations."""
+    annotations = policy.metadata.annotations
+    return PolicyRef(
+        kind=policy.kind,
+        name=policy.metadata.name,
+        namespace=policy.metadata.namespace,
+        severity=annotations.get(SEVERITY, ""),
+        category=annotations.get(CATEGORY, ""),
+        scored=annotations.get(SCORED, "true").lower() != "false",
+        validation_actions=policy.validation_actions,
+        failure_policy=policy.failure_policy,
+    )
+
+
+def _compile(env: Environment, policy: ValidatingPolicy, expression: str, path: str,
+             variables: tuple[VariableDefinition, ...] = ()) -> Program:
+    return env.compile(expression, path=path, location=policy.document.locate(path), variables=variables)
+
+
+def _compile_variables(env: Environment, policy: ValidatingPolicy, variables: Iterable[NamedExpression]
+                       ) -> tuple[dict[str, CompiledVariable], tuple[VariableDefinition, ...]]:
+    """Compile variables in order; each may use only those declared before it."""
+    compiled: dict[str, CompiledVariable] = {}
+    definitions: list[VariableDefinition] = []
+    for index, variable in enumerate(variables):
+        program = _compile(env, policy, variable.expression, variable.path, tuple(definitions))
+        compiled[variable.name] = CompiledVariable(variable.name, program, index)
+        definitions.append(VariableDefinition(variable.name, program.inlined, program.variables))
+    return compiled, tuple(definitions)
+
+
+def _compile_one(policy: ValidatingPolicy, variant: str, env: Environment) -> CompiledValidatingPolicy:
+    ref = policy_ref(policy)
+    try:
+        variables, scope = _compile_variables(env, policy, policy.variables)
+        conditions = tuple(
+            (c.name, _compile(env, policy, c.expression, c.path, scope)) for c in policy.match_conditions
+        )
+        validations = []
+        for index, validation in enumerate(policy.validations):
+            program = _compile(env, policy, validation.expression, validation.path, scope)
+            if program.return_type.lower() not in ("bool", "dyn"):
+                raise PolicyCompileError(
+                    f"a validation must return bool, this expression returns {program.return_type.lower()}",
+                    field_path=validation.path,
+                    expression=validation.expression,
+                    location=policy.document.locate(validation.path),
+                )
+            message_program = None
+            if validation.message_expression:
+                message_path = validation.path.rpartition(".")[0] + ".messageExpression"
+                message_program = _compile(env, policy, validation.message_expression, message_path, scope)
+            validations.append(
+                CompiledValidation(index, program, validation.message, message_program, validation.reason)
+            )
+        annotations = tuple(
+            (a.key, _compile(env, policy, a.value_expression, a.path, scope)) for a in policy.audit_annotations
+        )
+    except PolicyCompileError as error:
+        return CompiledValidatingPolicy(policy, ref, variant, policy.match_constraints, error=error)
+    return CompiledValidatingPolicy(
+        source=policy,
+        ref=ref,
+        variant=variant,
+        match_constraints=policy.match_constraints,
+        match_conditions=conditions,
+        variables=variables,
+        validations=tuple(validations),
+        audit_annotations=annotations,
+    )
+
+
+def compile_validating_policy(policy: ValidatingPolicy) -> tuple[CompiledValidatingPolicy, ...]:
+    """The compiled policy followed by its compiled autogen variants."""
+    env = validating_environment()
+    compiled = [_compile_one(policy, "", env)]
+    if compiled[0].error is None:
+        compiled.extend(_compile_one(variant, name, env) for name, variant in autogen.variants(policy))
+    return tuple(compiled)
+
+
+def compile_exception(exception: PolicyException) -> CompiledException:
+    """Compile a PolicyException's matchConditions (in the validating environment)."""
+    env = validating_environment()
+    try:
+        conditions = tuple(
+            (c.name, env.compile(c.expression, path=c.path, location=exception.document.locate(c.path)))
+            for c in exception.match_conditions
+        )
+    except PolicyCompileError as error:
+        return CompiledException(exception, error=error)
+    return CompiledException(exception, conditions)
