@@ -43,24 +43,40 @@ def make_pod(name: str, *, target_bytes: int = 10_000, privileged: bool = False)
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "team-a", "labels": {"app": name, "tier": "web"},
-                     "annotations": {"owner": "team-a", "description": "benchmark pod " * 4}},
-        "spec": {"containers": containers, "volumes": [], "securityContext": {"runAsNonRoot": True,
-                 "seccompProfile": {"type": "RuntimeDefault"}}},
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "labels": {"app": name, "tier": "web"},
+            "annotations": {"owner": "team-a", "description": "benchmark pod " * 4},
+        },
+        "spec": {
+            "containers": containers,
+            "volumes": [],
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        },
     }
     while len(yaml.safe_dump(pod)) < target_bytes:
-        containers.append({
-            "name": f"c{index}",
-            "image": f"registry.example.com/team-a/app{index}:1.{index}.0",
-            "ports": [{"containerPort": 8080 + index, "protocol": "TCP"}],
-            "env": [{"name": f"VAR_{index}_{j}", "value": f"value-{j}"} for j in range(8)],
-            "volumeMounts": [{"name": f"data{index}", "mountPath": f"/data/{index}", "readOnly": True}],
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + index}},
-            "securityContext": {"allowPrivilegeEscalation": False, "privileged": privileged and index == 0,
-                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-        })
+        containers.append(
+            {
+                "name": f"c{index}",
+                "image": f"registry.example.com/team-a/app{index}:1.{index}.0",
+                "ports": [{"containerPort": 8080 + index, "protocol": "TCP"}],
+                "env": [{"name": f"VAR_{index}_{j}", "value": f"value-{j}"} for j in range(8)],
+                "volumeMounts": [{"name": f"data{index}", "mountPath": f"/data/{index}", "readOnly": True}],
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                    "limits": {"cpu": "1", "memory": "1Gi"},
+                },
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + index}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "privileged": privileged and index == 0,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+            }
+        )
         pod["spec"]["volumes"].append({"name": f"data{index}", "configMap": {"name": f"cm{index}"}})
         index += 1
     return pod
@@ -103,7 +119,15 @@ def bench_apply(pods: int, runs: int) -> dict[str, float]:
         policy_dir.mkdir()
         for path in pod_security_policy_files():
             shutil.copy(path, policy_dir / f"{path.parent.name}.yaml")
-        command = [sys.executable, "-m", "cli.main", "apply", str(policy_dir), "-r", str(directory / "pods.yaml")]
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "apply",
+            str(policy_dir),
+            "-r",
+            str(directory / "pods.yaml"),
+        ]
         if shutil.which("taskset"):
             command = ["taskset", "-c", "0", *command]  # one core, as the target says
         samples = []
@@ -117,15 +141,20 @@ def bench_apply(pods: int, runs: int) -> dict[str, float]:
                 samples.append(elapsed)
         summary = completed.stdout.strip().splitlines()[-1]
         print(f"  apply summary line: {summary}")
-        return {"pods": float(pods), "runs": float(runs), "median s": statistics.median(samples),
-                "min s": min(samples)}
+        return {
+            "pods": float(pods),
+            "runs": float(runs),
+            "median s": statistics.median(samples),
+            "min s": min(samples),
+        }
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--evaluations", type=int, default=2000)
     parser.add_argument("--pods", type=int, default=500)
     parser.add_argument("--apply-runs", type=int, default=5)

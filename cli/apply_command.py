@@ -44,9 +44,7 @@ def _with_progress(
         return evaluations
     from rich.progress import track
 
-    return track(
-        evaluations, total=total, description="Evaluating", console=console(sys.stderr), transient=True
-    )
+    return track(evaluations, total=total, description="Evaluating", console=console(sys.stderr), transient=True)
 
 
 @click.command("apply")
@@ -77,9 +75,7 @@ def _with_progress(
     type=click.Path(),
     help="Values file (namespace labels and objects, globalValues).",
 )
-@click.option(
-    "-u", "--userinfo", "userinfo_file", type=click.Path(), help="UserInfo file for request.userInfo."
-)
+@click.option("-u", "--userinfo", "userinfo_file", type=click.Path(), help="UserInfo file for request.userInfo.")
 @click.option(
     "--operation",
     type=_OPERATIONS,
@@ -94,9 +90,7 @@ def _with_progress(
     type=click.Path(),
     help="CustomResourceDefinition file or directory (repeatable), for kind to resource mapping.",
 )
-@click.option(
-    "--context-file", type=click.Path(), help="Context file: objects for resource.* and image data."
-)
+@click.option("--context-file", type=click.Path(), help="Context file: objects for resource.* and image data.")
 @click.option(
     "--json",
     "json_payloads",
@@ -173,9 +167,7 @@ def apply_command(
 
     if output == "text":
         policy_count = policy_set.policy_count - len(policy_set.unsupported)
-        lines = apply_text(
-            outcome, policies=policy_count, exceptions=len(policy_set.exceptions), audit_warn=audit_warn
-        )
+        lines = apply_text(outcome, policies=policy_count, exceptions=len(policy_set.exceptions), audit_warn=audit_warn)
         click.echo("\n".join(lines))
     elif output == "table":
         apply_table(console(), outcome, detailed=detailed_results, audit_warn=audit_warn)

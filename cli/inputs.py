@@ -342,9 +342,7 @@ def parse_test(document: Document) -> TestDocument:
         value = reader.string(key)
         return base / value if value else None
 
-    values = (
-        parse_values(document, path="values", check_header=False) if document.data.get("values") else None
-    )
+    values = parse_values(document, path="values", check_header=False) if document.data.get("values") else None
     api_calls = []
     for item in reader.items("apiCallResponses"):
         url, url_path = item.string("url"), item.string("urlPath")

@@ -130,9 +130,7 @@ def documents_text(documents: Sequence[dict[str, Any]], output: str) -> str:
     """Report documents as YAML (`---`-separated) or JSON (one object; a `List` when there are several)."""
     if output == "json":
         value: Any = (
-            documents[0]
-            if len(documents) == 1
-            else {"apiVersion": "v1", "kind": "List", "items": list(documents)}
+            documents[0] if len(documents) == 1 else {"apiVersion": "v1", "kind": "List", "items": list(documents)}
         )
         return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
     return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=len(documents) > 1).rstrip("\n")
@@ -147,9 +145,7 @@ def loading_line(path: str) -> str:
 
 def results_table(target: Console, rows: Sequence[Row], *, detailed: bool) -> None:
     """Kyverno's results table: ID, POLICY, RULE, RESOURCE, RESULT, REASON (and MESSAGE)."""
-    table = _table(
-        "ID", "POLICY", "RULE", "RESOURCE", "RESULT", "REASON", *(("MESSAGE",) if detailed else ())
-    )
+    table = _table("ID", "POLICY", "RULE", "RESOURCE", "RESULT", "REASON", *(("MESSAGE",) if detailed else ()))
     for number, row in enumerate(rows, start=1):
         cells = [
             Text(str(number)),
@@ -190,9 +186,7 @@ def results_yaml(results: Sequence[TestFileResult]) -> str:
 def results_junit(results: Sequence[TestFileResult]) -> str:
     """JUnit XML: one testsuite per test file, one testcase per row; failures carry the reason."""
     passed, failed = summarize(results)
-    root = ElementTree.Element(
-        "testsuites", name="celvern test", tests=str(passed + failed), failures=str(failed)
-    )
+    root = ElementTree.Element("testsuites", name="celvern test", tests=str(passed + failed), failures=str(failed))
     for result in results:
         suite = ElementTree.SubElement(
             root,
@@ -209,9 +203,7 @@ def results_junit(results: Sequence[TestFileResult]) -> str:
                 ElementTree.SubElement(case, "skipped", message=row.reason).text = row.message or None
             elif not row.ok:
                 failure = ElementTree.SubElement(case, "failure", message=row.reason)
-                failure.text = (
-                    f"expected {row.expected}, got {row.actual or 'nothing'}" if row.policy else row.reason
-                )
+                failure.text = f"expected {row.expected}, got {row.actual or 'nothing'}" if row.policy else row.reason
     ElementTree.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="unicode")
 

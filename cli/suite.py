@@ -160,8 +160,7 @@ def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subje
         if subject.resource is None:
             context = EvaluationContext(request=None, payload=subject.payload, services=inputs.services)
             responses = [
-                dataclasses.replace(response, resource=subject.key)
-                for response in evaluate(inputs.policy_set, context)
+                dataclasses.replace(response, resource=subject.key) for response in evaluate(inputs.policy_set, context)
             ]
         else:
             request = request_for_resource(
@@ -245,9 +244,7 @@ def build_services(
 ) -> Services:
     """Offline services: `resource.*` from the context's objects, `http.*` from mocks, context images."""
     try:
-        resources = (
-            InMemoryResources(context.resources, plural_for=mapper.plural) if context.resources else None
-        )
+        resources = InMemoryResources(context.resources, plural_for=mapper.plural) if context.resources else None
         http = MockedHttp(api_call_responses) if api_call_responses else None
     except ValueError as exc:
         raise LoadError(f"invalid context: {exc}") from None
@@ -358,9 +355,7 @@ def _failed(label: str, rows: Iterable[Row], error: CelvernError, notes: Iterabl
 
 
 def _load_test_inputs(test: TestDocument) -> tuple[RunInputs, list[str]]:
-    notes = [
-        f"{test.source}: {key} are not supported yet and were ignored" for key in test.unsupported_inputs
-    ]
+    notes = [f"{test.source}: {key} are not supported yet and were ignored" for key in test.unsupported_inputs]
     policy_set = load_policy_set(test.policies, test.exceptions)
     resources = resource_documents(load_paths(test.resources)) if test.resources else []
     payloads = load_payloads(test.json_payloads)
@@ -419,9 +414,7 @@ class Scorer:
         self._label = label
         self._keys = [subject.key for subject in subjects]
         self._unsupported = {policy.name: policy.kind for policy in policy_set.unsupported}
-        self._invalid = {
-            policy.name: str(policy.error) for policy in policy_set.validating if policy.error is not None
-        }
+        self._invalid = {policy.name: str(policy.error) for policy in policy_set.validating if policy.error is not None}
         # Kyverno evaluates autogen rules inside the policy's one response, so the decision to drop an empty
         # response depends on the policy as written, not on its variants.
         self._dropping = {
@@ -475,9 +468,7 @@ class Scorer:
             label = "/".join(p for p in (spec.group, spec.version, spec.kind, spec.namespace, spec.name) if p)
             targets.append((resource_label(keys[0]) if keys else label, keys))
         if not expected.resources and not expected.resource_specs:
-            seen = list(
-                dict.fromkeys(r.resource for r in responses if r.rules or not self._drops(r.policy.name))
-            )
+            seen = list(dict.fromkeys(r.resource for r in responses if r.rules or not self._drops(r.policy.name)))
             targets.extend((resource_label(key), [key]) for key in seen)
             if not seen:
                 targets.append(("", []))
@@ -492,17 +483,13 @@ class Scorer:
         rows: list[Row] = []
         for label, keys in self._targets(expected, responses):
             if name in self._unsupported:
-                rows.append(
-                    self._row(expected, label, "", False, f"not supported yet: {self._unsupported[name]}")
-                )
+                rows.append(self._row(expected, label, "", False, f"not supported yet: {self._unsupported[name]}"))
                 continue
             if expected.patched_resources or expected.generated_resources:
                 rows.append(self._row(expected, label, "", False, "not supported yet"))
                 continue
             if name in self._invalid:
-                rows.append(
-                    self._row(expected, label, "", False, "Invalid Policy", self._invalid[name], True)
-                )
+                rows.append(self._row(expected, label, "", False, "Invalid Policy", self._invalid[name], True))
                 continue
             wanted = set(keys)
             found = [r for r in responses if r.resource in wanted]

@@ -48,7 +48,7 @@ _PROTECTED_SUFFIXES = (".namespace", ".name")
 
 
 def _identifier_char(char: str) -> bool:
-    return char == "_" or char.isascii() and char.isalnum()
+    return char == "_" or (char.isascii() and char.isalnum())
 
 
 def _replace(text: str, old: str, new: str) -> str:
@@ -63,7 +63,7 @@ def _replace(text: str, old: str, new: str) -> str:
             parts.append(text[start:])
             return "".join(parts)
         parts.append(text[start:index])
-        rest = text[index + len(old):]
+        rest = text[index + len(old) :]
         protected = any(
             rest.startswith(suffix) and (len(rest) == len(suffix) or not _identifier_char(rest[len(suffix)]))
             for suffix in _PROTECTED_SUFFIXES
@@ -101,15 +101,20 @@ def _match_constraints(targets: list[Target], original: MatchResources) -> Match
         by_group_version.setdefault((target.group, target.version), set()).add(target.resource)
     operations = original.resource_rules[0].operations
     rules = tuple(
-        ResourceRule(api_groups=(group,), api_versions=(version,), resources=tuple(sorted(resources)),
-                     operations=operations)
+        ResourceRule(
+            api_groups=(group,),
+            api_versions=(version,),
+            resources=tuple(sorted(resources)),
+            operations=operations,
+        )
         for (group, version), resources in sorted(by_group_version.items())
     )
     return MatchResources(namespace_selector=original.namespace_selector, resource_rules=rules)
 
 
-def _match_conditions(prefix: str, targets: list[Target], conditions: tuple[NamedExpression, ...]
-                      ) -> tuple[NamedExpression, ...]:
+def _match_conditions(
+    prefix: str, targets: list[Target], conditions: tuple[NamedExpression, ...]
+) -> tuple[NamedExpression, ...]:
     preconditions = sorted(
         {
             f"(object.apiVersion == '{t.group + '/' if t.group else ''}{t.version}' && object.kind =='{t.kind}')"
@@ -117,9 +122,7 @@ def _match_conditions(prefix: str, targets: list[Target], conditions: tuple[Name
         }
     )
     guard = "||".join(preconditions)
-    return tuple(
-        NamedExpression(f"{prefix}-{c.name}", f"!({guard}) || ({c.expression})", c.path) for c in conditions
-    )
+    return tuple(NamedExpression(f"{prefix}-{c.name}", f"!({guard}) || ({c.expression})", c.path) for c in conditions)
 
 
 def variants(policy: ValidatingPolicy) -> list[tuple[str, ValidatingPolicy]]:

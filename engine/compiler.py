@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from engine import autogen
 from engine.cel.environment import Environment, Program, VariableDefinition, validating_environment
@@ -118,13 +117,19 @@ def policy_ref(policy: ValidatingPolicy) -> PolicyRef:
     )
 
 
-def _compile(env: Environment, policy: ValidatingPolicy, expression: str, path: str,
-             variables: tuple[VariableDefinition, ...] = ()) -> Program:
+def _compile(
+    env: Environment,
+    policy: ValidatingPolicy,
+    expression: str,
+    path: str,
+    variables: tuple[VariableDefinition, ...] = (),
+) -> Program:
     return env.compile(expression, path=path, location=policy.document.locate(path), variables=variables)
 
 
-def _compile_variables(env: Environment, policy: ValidatingPolicy, variables: Iterable[NamedExpression]
-                       ) -> tuple[dict[str, CompiledVariable], tuple[VariableDefinition, ...]]:
+def _compile_variables(
+    env: Environment, policy: ValidatingPolicy, variables: Iterable[NamedExpression]
+) -> tuple[dict[str, CompiledVariable], tuple[VariableDefinition, ...]]:
     """Compile variables in order; each may use only those declared before it."""
     compiled: dict[str, CompiledVariable] = {}
     definitions: list[VariableDefinition] = []

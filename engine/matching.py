@@ -104,9 +104,7 @@ def rule_matches(rule: ResourceRule, request: AdmissionRequest) -> bool:
     return _name_matches(rule, request)
 
 
-def matches(
-    constraints: MatchResources | None, request: AdmissionRequest, namespace: NamespaceLabels
-) -> bool:
+def matches(constraints: MatchResources | None, request: AdmissionRequest, namespace: NamespaceLabels) -> bool:
     """Whether the request falls under `constraints`. Raises MatchError when it cannot be decided.
 
     A policy without matchConstraints matches nothing (Kyverno `matchPolicy`).
@@ -124,9 +122,13 @@ def matches(
             if not selector_matches(selector, namespace.labels):
                 return False
     object_selector = constraints.object_selector
-    if object_selector is not None and not object_selector.empty and not (
-        selector_matches(object_selector, _labels_of(request.object))
-        or (request.old_object is not None and selector_matches(object_selector, _labels_of(request.old_object)))
+    if (
+        object_selector is not None
+        and not object_selector.empty
+        and not (
+            selector_matches(object_selector, _labels_of(request.object))
+            or (request.old_object is not None and selector_matches(object_selector, _labels_of(request.old_object)))
+        )
     ):
         return False
     if any(rule_matches(rule, request) for rule in constraints.exclude_resource_rules):

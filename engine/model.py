@@ -118,9 +118,9 @@ class Reader:
                 value = ""
             if not isinstance(value, str | int | float | bool):
                 raise reader.fail(f"expected a string, got {type_name(value)}", str(name))
-            result[str(name)] = value if isinstance(value, str) else str(value).lower() if isinstance(
-                value, bool
-            ) else str(value)
+            result[str(name)] = (
+                value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+            )
         return result
 
 
@@ -358,7 +358,9 @@ def parse_validating_policy(document: Document) -> ValidatingPolicy:
                 message=item.string("message"),
                 message_expression=item.string("messageExpression"),
                 reason=item.choice(
-                    "reason", frozenset({"Unauthorized", "Forbidden", "Invalid", "RequestEntityTooLarge", ""}), ""
+                    "reason",
+                    frozenset({"Unauthorized", "Forbidden", "Invalid", "RequestEntityTooLarge", ""}),
+                    "",
                 ),
                 path=f"{item.path}.expression",
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from engine.cel.environment import validating_environment
 from engine.compiler import (
     CompiledException,
     CompiledValidatingPolicy,
@@ -18,7 +19,6 @@ from engine.compiler import (
     compile_validating_policy,
 )
 from engine.errors import PolicyCompileError
-from engine.cel.environment import validating_environment
 from engine.evaluation import EvaluationContext, Session, evaluate_in
 from engine.loader import Document
 from engine.model import (
@@ -63,14 +63,14 @@ class PolicySet:
 
 def split_documents(documents: Iterable[Document]) -> tuple[list[Document], list[Document]]:
     """(policy and exception documents, everything else)."""
-    policies, others = [], []
+    policies: list[Document] = []
+    others: list[Document] = []
     for document in documents:
         (policies if is_policy_document(document.data) else others).append(document)
     return policies, others
 
 
-def build_policy_set(policy_documents: Iterable[Document], exception_documents: Iterable[Document] = ()
-                     ) -> PolicySet:
+def build_policy_set(policy_documents: Iterable[Document], exception_documents: Iterable[Document] = ()) -> PolicySet:
     """Parse and compile policies and exceptions. Raises SchemaError for documents that do not fit the schema.
 
     Exceptions may be mixed into `policy_documents`; `exception_documents` may only hold exceptions.
@@ -85,8 +85,11 @@ def build_policy_set(policy_documents: Iterable[Document], exception_documents: 
         elif kind == EXCEPTION_KIND:
             exceptions.append(compile_exception(parse_policy_exception(document)))
         elif kind in POLICY_KINDS:
-            name = document.data.get("metadata", {}).get("name", "") if isinstance(
-                document.data.get("metadata"), dict) else ""
+            name = (
+                document.data.get("metadata", {}).get("name", "")
+                if isinstance(document.data.get("metadata"), dict)
+                else ""
+            )
             unsupported.append(UnsupportedPolicy(str(kind), str(name), document))
         else:
             raise document.error(f"unknown kind {kind!r} in group policies.kyverno.io", "kind")
@@ -98,6 +101,5 @@ def evaluate(policy_set: PolicySet, context: EvaluationContext) -> list[PolicyRe
     session = Session(validating_environment(), context)
     with evaluate_in(context.services):
         return [
-            evaluate_validating(policy, context, policy_set.exceptions, session)
-            for policy in policy_set.validating
+            evaluate_validating(policy, context, policy_set.exceptions, session) for policy in policy_set.validating
         ]

@@ -46,8 +46,18 @@ _BUILT_IN: tuple[tuple[str, str, str, bool], ...] = (
     ("v1", "Secret", "secrets", True),
     ("v1", "ServiceAccount", "serviceaccounts", True),
     ("v1", "Service", "services", True),
-    ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", False),
-    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", False),
+    (
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        False,
+    ),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        False,
+    ),
     ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", False),
     (
         "admissionregistration.k8s.io/v1",

@@ -8,8 +8,8 @@ or "exception" when an exception decided it; a policy that does not match gives 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 from types import MappingProxyType
+from typing import Any
 
 from engine.cel.environment import CelError, Program, validating_environment
 from engine.compiler import CompiledException, CompiledValidatingPolicy, CompiledValidation
@@ -90,16 +90,28 @@ def _evaluate_matched(
             if exception.error is not None:
                 if full:
                     continue
-                return _response(policy, context, RuleResult(
-                    Status.ERROR, f"policy exception {_exception_label(exception)} failed to compile: "
-                    f"{exception.error}", rule="exception"))
+                return _response(
+                    policy,
+                    context,
+                    RuleResult(
+                        Status.ERROR,
+                        f"policy exception {_exception_label(exception)} failed to compile: {exception.error}",
+                        rule="exception",
+                    ),
+                )
             outcome = _all_true(scope, (p for _, p in exception.match_conditions))
             if isinstance(outcome, CelError):
                 if full:
                     continue
-                return _response(policy, context, RuleResult(
-                    Status.ERROR, f"failed to evaluate policy exception {_exception_label(exception)}: "
-                    f"{outcome.message}", rule="exception"))
+                return _response(
+                    policy,
+                    context,
+                    RuleResult(
+                        Status.ERROR,
+                        f"failed to evaluate policy exception {_exception_label(exception)}: {outcome.message}",
+                        rule="exception",
+                    ),
+                )
             if not outcome:
                 continue
             if exception.source.partial:
@@ -112,21 +124,34 @@ def _evaluate_matched(
             status = Status.PASS if decider.source.report_result == "pass" else Status.SKIP
             verb = "passed" if status is Status.PASS else "skipped"
             labels = ", ".join(_exception_label(e) for e in full)
-            return _response(policy, context, RuleResult(
-                status, f"rule is {verb} due to policy exception: {labels}", rule="exception",
-                properties=_properties(exceptions=",".join(e.name for e in full))))
+            return _response(
+                policy,
+                context,
+                RuleResult(
+                    status,
+                    f"rule is {verb} due to policy exception: {labels}",
+                    rule="exception",
+                    properties=_properties(exceptions=",".join(e.name for e in full)),
+                ),
+            )
 
     activation = scope.with_exceptions(partial_images, partial_values) if partial_images or partial_values else None
     # 2. matchConditions.
     for _, program in policy.match_conditions:
         value = scope.evaluate(program, activation)
         if isinstance(value, CelError) or not isinstance(value, bool):
-            message = value.message if isinstance(value, CelError) else (
-                f"matchCondition must return bool, got {type(value).__name__}")
+            message = (
+                value.message
+                if isinstance(value, CelError)
+                else (f"matchCondition must return bool, got {type(value).__name__}")
+            )
             if policy.source.failure_policy == "Ignore":
                 return _response(policy, context, RuleResult(Status.SKIP, "skip", skip_reason="match conditions"))
-            return _response(policy, context, RuleResult(
-                Status.ERROR, f"failed to load context: {message}", rule="evaluation"))
+            return _response(
+                policy,
+                context,
+                RuleResult(Status.ERROR, f"failed to load context: {message}", rule="evaluation"),
+            )
         if not value:
             return _response(policy, context, RuleResult(Status.SKIP, "skip", skip_reason="match conditions"))
 
@@ -135,14 +160,23 @@ def _evaluate_matched(
     for validation in policy.validations:
         value = scope.evaluate(validation.program, activation)
         if isinstance(value, CelError) or not isinstance(value, bool):
-            message = value.message if isinstance(value, CelError) else (
-                f"expression must return bool, got {type(value).__name__}")
-            result = RuleResult(Status.ERROR, f"error: {message}",
-                                properties=_properties(**{VALIDATION_INDEX: str(validation.index)}))
+            message = (
+                value.message
+                if isinstance(value, CelError)
+                else (f"expression must return bool, got {type(value).__name__}")
+            )
+            result = RuleResult(
+                Status.ERROR,
+                f"error: {message}",
+                properties=_properties(**{VALIDATION_INDEX: str(validation.index)}),
+            )
             break
         if not value:
-            result = RuleResult(Status.FAIL, _failure_message(scope, validation, activation),
-                                properties=_properties(**{VALIDATION_INDEX: str(validation.index)}))
+            result = RuleResult(
+                Status.FAIL,
+                _failure_message(scope, validation, activation),
+                properties=_properties(**{VALIDATION_INDEX: str(validation.index)}),
+            )
             break
     if result is None:
         result = RuleResult(Status.PASS, SUCCESS)
@@ -154,9 +188,15 @@ def _evaluate_matched(
     for key, program in policy.audit_annotations:
         value = scope.evaluate(program, activation)
         if isinstance(value, CelError):
-            return _response(policy, context, RuleResult(
-                Status.ERROR, f"failed to evaluate audit annotation {key!r}: {value.message}",
-                properties=result.properties))
+            return _response(
+                policy,
+                context,
+                RuleResult(
+                    Status.ERROR,
+                    f"failed to evaluate audit annotation {key!r}: {value.message}",
+                    properties=result.properties,
+                ),
+            )
         if value is None or value == "":
             continue
         properties[key] = value if isinstance(value, str) else str(value)
@@ -169,8 +209,11 @@ def _all_true(scope: Session, programs: Iterable[Program]) -> bool | CelError:
         if isinstance(value, CelError):
             return value
         if value is not True:
-            return False if isinstance(value, bool) else CelError(
-                f"matchCondition must return bool, got {type(value).__name__}")
+            return (
+                False
+                if isinstance(value, bool)
+                else CelError(f"matchCondition must return bool, got {type(value).__name__}")
+            )
     return True
 
 

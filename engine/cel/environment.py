@@ -141,29 +141,40 @@ class Environment:
         `variables.N` are bound to them inside the compiled program, lazily and evaluated at most once.
         """
         if not isinstance(expression, str) or not expression.strip():
-            raise PolicyCompileError("expression is empty", field_path=path, expression=str(expression),
-                                     location=location)
+            raise PolicyCompileError(
+                "expression is empty", field_path=path, expression=str(expression), location=location
+            )
         scope = {definition.name: definition for definition in variables}
         try:
             rewritten = rewrite(expression, struct_types=self.struct_types, inline_variables=list(scope))
         except CelSyntaxError as exc:
-            raise PolicyCompileError(exc.render(expression), field_path=path, expression=expression,
-                                     location=location) from None
+            raise PolicyCompileError(
+                exc.render(expression), field_path=path, expression=expression, location=location
+            ) from None
         except RecursionError:
-            raise PolicyCompileError("expression is nested too deeply", field_path=path, expression=expression,
-                                     location=location) from None
+            raise PolicyCompileError(
+                "expression is nested too deeply", field_path=path, expression=expression, location=location
+            ) from None
         unknown = sorted(name for name in rewritten.variables if name not in scope)
         if unknown:
             raise PolicyCompileError(
                 f"undefined variable {', '.join(repr(n) for n in unknown)} (defined before this point: "
-                f"{', '.join(scope) or 'none'})", field_path=path, expression=expression, location=location)
+                f"{', '.join(scope) or 'none'})",
+                field_path=path,
+                expression=expression,
+                location=location,
+            )
         needed = _closure(rewritten.variables, scope)
         text = bind_variables(rewritten.text, [(d.name, d.inlined) for d in variables if d.name in needed])
         try:
             compiled = self.env.compile(text)
         except RuntimeError as exc:
-            raise PolicyCompileError(self._explain(expression, text, str(exc)), field_path=path,
-                                     expression=expression, location=location) from None
+            raise PolicyCompileError(
+                self._explain(expression, text, str(exc)),
+                field_path=path,
+                expression=expression,
+                location=location,
+            ) from None
         return Program(
             source=expression,
             text=text,

@@ -64,8 +64,7 @@ INTERNAL_FUNCTIONS: Final[Mapping[str, str]] = {
         "`string(x)` when x is a map at runtime; raise for ordinary maps."
     ),
     "__celvern_math_round": (
-        "(double|int, int) -> double: Kyverno's `math.round(x, digits)`. Emitted for two-argument "
-        "`math.round`."
+        "(double|int, int) -> double: Kyverno's `math.round(x, digits)`. Emitted for two-argument `math.round`."
     ),
     "__celvern_format_named": (
         "(string) -> map: the format value named, or an empty map when unknown. Emitted as "
@@ -158,8 +157,7 @@ VARIABLE_PREFIX: Final = "__celvern_var_"
 
 def variable_identifier(name: str) -> str:
     """The identifier a policy variable is bound to once inlined (any name maps to a valid identifier)."""
-    safe = "".join(char if char.isascii() and (char.isalnum() or char == "_") else f"_x{ord(char):x}_"
-                   for char in name)
+    safe = "".join(char if char.isascii() and (char.isalnum() or char == "_") else f"_x{ord(char):x}_" for char in name)
     return f"{VARIABLE_PREFIX}{safe}"
 
 
@@ -188,9 +186,7 @@ def is_optional_typed(node: Expr) -> bool:
                     return True
                 if target.name == "format" and node.function == "named":
                     return True
-            return node.function in _OPTIONAL_RESULT_METHODS or (
-                node.function == "validate" and len(node.args) == 1
-            )
+            return node.function in _OPTIONAL_RESULT_METHODS or (node.function == "validate" and len(node.args) == 1)
         else:
             return False
 
@@ -243,9 +239,7 @@ class _Rewriter:
         "variables",
     )
 
-    def __init__(
-        self, source: str, accept_struct: Callable[[str], bool], inline: Sequence[str] | None = None
-    ) -> None:
+    def __init__(self, source: str, accept_struct: Callable[[str], bool], inline: Sequence[str] | None = None) -> None:
         self.source = source
         self.inline = inline
         self.accept_struct = accept_struct
@@ -288,9 +282,7 @@ class _Rewriter:
             new_operand = self.visit(operand, scope)
             if new_operand is operand:
                 return self.keep(node)
-            return Select(
-                start=node.start, end=node.end, operand=new_operand, field=node.field, optional=node.optional
-            )
+            return Select(start=node.start, end=node.end, operand=new_operand, field=node.field, optional=node.optional)
         if isinstance(node, Index):
             operand, index = node.operand, node.index
             if (
@@ -307,9 +299,7 @@ class _Rewriter:
             new_index = self.visit(index, scope)
             if new_operand is operand and new_index is index:
                 return self.keep(node)
-            return Index(
-                start=node.start, end=node.end, operand=new_operand, index=new_index, optional=node.optional
-            )
+            return Index(start=node.start, end=node.end, operand=new_operand, index=new_index, optional=node.optional)
         if isinstance(node, Call):
             return self.visit_call(node, scope)
         if isinstance(node, ListExpr):
@@ -359,9 +349,7 @@ class _Rewriter:
 
     @staticmethod
     def _is_variables(node: Expr, scope: frozenset[str]) -> bool:
-        return (
-            isinstance(node, Ident) and node.name == _VARIABLES and (node.absolute or _VARIABLES not in scope)
-        )
+        return isinstance(node, Ident) and node.name == _VARIABLES and (node.absolute or _VARIABLES not in scope)
 
     def _visit_element(self, element: ListElement, scope: frozenset[str]) -> ListElement:
         value = self.visit(element.value, scope)
@@ -415,9 +403,7 @@ class _Rewriter:
                 )
             if new_args is args:
                 return self.keep(node)
-            return Call(
-                start=node.start, end=node.end, function=function, args=new_args, absolute=node.absolute
-            )
+            return Call(start=node.start, end=node.end, function=function, args=new_args, absolute=node.absolute)
 
         namespace = target.name if isinstance(target, Ident) and not target.absolute else None
         if namespace is not None and namespace in scope:

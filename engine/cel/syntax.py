@@ -389,9 +389,7 @@ class _Parser:
 
     @staticmethod
     def _depth_error(start: int) -> CelSyntaxError:
-        return CelSyntaxError(
-            f"Syntax error: expression nesting exceeds the maximum depth of {MAX_DEPTH}", start
-        )
+        return CelSyntaxError(f"Syntax error: expression nesting exceeds the maximum depth of {MAX_DEPTH}", start)
 
     def parse(self) -> Expr:
         node, _, _, _ = self._expr()
@@ -532,9 +530,7 @@ class _Parser:
                     self.i += 1
                 value, _, value_end, value_depth = self._expr()
                 depth = max(depth, value_depth)
-                elements.append(
-                    ListElement(start=element_start, end=value_end, value=value, optional=optional)
-                )
+                elements.append(ListElement(start=element_start, end=value_end, value=value, optional=optional))
                 if kinds[self.i] != ",":
                     break
                 self.i += 1

@@ -130,9 +130,7 @@ CASES = [
         "schema-error",
         (ERRORS / "schema-error.yaml", "-r", RESOURCES),
         2,
-        stderr=(
-            f"{ERRORS / 'schema-error.yaml'}:13:7: spec.validations[0].expression: required field is missing",
-        ),
+        stderr=(f"{ERRORS / 'schema-error.yaml'}:13:7: spec.validations[0].expression: required field is missing",),
     ),
     Case(
         "compile-error-shows-expression",
@@ -216,9 +214,7 @@ def test_resources_from_stdin() -> None:
 
 
 def test_namespace_defaults_for_namespaced_kinds(tmp_path: Path) -> None:
-    (tmp_path / "pod.yaml").write_text(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: lonely}\nspec: {containers: []}\n"
-    )
+    (tmp_path / "pod.yaml").write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: lonely}\nspec: {containers: []}\n")
     result = run(POLICIES, "-r", tmp_path / "pod.yaml")
     assert "policy require-team-label -> resource default/Pod/lonely failed:" in result.stdout
 

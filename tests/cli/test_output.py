@@ -23,9 +23,7 @@ def outcome(*rules: RuleResult, subject: Subject | None = None) -> ApplyOutcome:
 
 def test_apply_text_matches_kyverno() -> None:
     lines = list(
-        apply_text(
-            outcome(RuleResult(Status.FAIL, "missing label")), policies=1, exceptions=0, audit_warn=False
-        )
+        apply_text(outcome(RuleResult(Status.FAIL, "missing label")), policies=1, exceptions=0, audit_warn=False)
     )
     assert lines == [
         "",
@@ -45,26 +43,20 @@ def test_apply_text_variants() -> None:
     assert "1 -  validation failed" in failed  # Kyverno's text for an empty message
 
     errored = list(
-        apply_text(
-            outcome(RuleResult(Status.ERROR, "error: boom")), policies=1, exceptions=0, audit_warn=False
-        )
+        apply_text(outcome(RuleResult(Status.ERROR, "error: boom")), policies=1, exceptions=0, audit_warn=False)
     )
     assert "policy require-labels -> resource shop/Pod/web error:" in errored
     assert errored[-1] == "pass: 0, fail: 0, warn: 0, error: 1, skip: 0 "
 
     payload = Subject(ResourceKey("", "", "", "plan.json"), payload={})
     passed = list(
-        apply_text(
-            outcome(RuleResult(Status.FAIL, "x"), subject=payload), policies=1, exceptions=0, audit_warn=False
-        )
+        apply_text(outcome(RuleResult(Status.FAIL, "x"), subject=payload), policies=1, exceptions=0, audit_warn=False)
     )
     assert "policy require-labels -> resource JSON payload failed:" in passed
 
 
 def test_passes_produce_no_lines() -> None:
-    lines = list(
-        apply_text(outcome(RuleResult(Status.PASS, "success")), policies=1, exceptions=0, audit_warn=False)
-    )
+    lines = list(apply_text(outcome(RuleResult(Status.PASS, "success")), policies=1, exceptions=0, audit_warn=False))
     assert len(lines) == 4
 
 

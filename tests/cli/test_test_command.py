@@ -123,9 +123,7 @@ def test_fail_only_hides_passing_rows() -> None:
 
 def test_broken_file_reports_error_and_continues() -> None:
     result = run("suite/broken", "suite/passing")
-    assert (
-        "  Error: suite/broken/kyverno-test.yaml:1:1: apiVersion: required field is missing" in result.stdout
-    )
+    assert "  Error: suite/broken/kyverno-test.yaml:1:1: apiVersion: required field is missing" in result.stdout
     assert result.stdout.splitlines()[-1] == "Test Summary: 4 tests passed and 1 tests failed"
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPOSITORY = Path(__file__).resolve().parents[2]
 SHARED = REPOSITORY.parent / "shared" / "conformance"
 GATE = 0.95
@@ -25,7 +24,10 @@ GATE = 0.95
 # The ValidatingPolicy parts named by the core-engine issue.
 GROUPS = {
     "kyverno-cli/test-validating-policy": ["kyverno-cli/test-validating-policy"],
-    "kyverno-cli/test-context-*-vpol": ["kyverno-cli/test-context-apicall-vpol", "kyverno-cli/test-context-configmap-vpol"],
+    "kyverno-cli/test-context-*-vpol": [
+        "kyverno-cli/test-context-apicall-vpol",
+        "kyverno-cli/test-context-configmap-vpol",
+    ],
     "kyverno-cli/test-ruleless-policy": ["kyverno-cli/test-ruleless-policy"],
     "kyverno-cli/test/cel-http-*": [
         "kyverno-cli/test/cel-http-get-mock",
@@ -50,8 +52,9 @@ def _test_folders() -> list[tuple[str, Path]]:
             for test_file in sorted((SHARED / root).rglob("kyverno-test.yaml")):
                 folder = test_file.parent
                 relative = folder.relative_to(SHARED).as_posix()
-                if any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, pattern + "/*")
-                       for pattern in skips):
+                if any(
+                    fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, pattern + "/*") for pattern in skips
+                ):
                     continue
                 folders.append((group, folder))
     return folders
@@ -63,7 +66,11 @@ FOLDERS = _test_folders() if SHARED.is_dir() else []
 def _run(folder: Path) -> dict[str, object]:
     completed = subprocess.run(
         [sys.executable, "-m", "cli.main", "test", str(folder), "-o", "json"],
-        capture_output=True, text=True, timeout=300, cwd=REPOSITORY, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPOSITORY,
+        check=False,
     )
     assert completed.returncode in (0, 1), f"celvern test crashed on {folder}:\n{completed.stderr[-3000:]}"
     assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
@@ -92,8 +99,10 @@ def test_conformance_folder(group: str, folder: Path, tally: dict[str, Counter[s
         assert isinstance(rows, list)
         for row in rows:
             if not row.get("ok"):
-                print(f"conformance row failed: {folder.relative_to(SHARED)} {row.get('policy')} "
-                      f"{row.get('resource')}: {row.get('reason')}")
+                print(
+                    f"conformance row failed: {folder.relative_to(SHARED)} {row.get('policy')} "
+                    f"{row.get('resource')}: {row.get('reason')}"
+                )
 
 
 def test_conformance_gate(tally: dict[str, Counter[str]]) -> None:

@@ -19,14 +19,24 @@ PODS = """\
 
 
 def policy(spec: str, *, name: str = "test-policy", rules: str = PODS, kind: str = "ValidatingPolicy") -> str:
-    return (f"apiVersion: policies.kyverno.io/v1\nkind: {kind}\nmetadata:\n  name: {name}\n"
-            + ("  namespace: team\n" if kind.startswith("Namespaced") else "") + "spec:\n" + rules + spec)
+    return (
+        f"apiVersion: policies.kyverno.io/v1\nkind: {kind}\nmetadata:\n  name: {name}\n"
+        + ("  namespace: team\n" if kind.startswith("Namespaced") else "")
+        + "spec:\n"
+        + rules
+        + spec
+    )
 
 
 def pod(name: str = "web", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"containers": [{"name": "app", "image": "nginx:1.25"}]}
     body.update(spec)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": body}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": body,
+    }
 
 
 def only_rule(responses: list[PolicyResponse]) -> RuleResult:
@@ -36,75 +46,177 @@ def only_rule(responses: list[PolicyResponse]) -> RuleResult:
 
 
 CASES: list[tuple[str, str, dict[str, Any], Status, str, dict[str, str]]] = [
-    ("pass", "  validations:\n  - expression: \"object.spec.containers.size() == 1\"\n",
-     pod(), Status.PASS, "success", {}),
-    ("fail-with-message",
-     "  validations:\n  - expression: \"object.spec.containers.size() == 2\"\n    message: need two\n",
-     pod(), Status.FAIL, "need two", {"cel.validationIndex": "0"}),
-    ("fail-default-message", "  validations:\n  - expression: \"true\"\n  - expression: \"false\"\n",
-     pod(), Status.FAIL, "CEL expression validation failed at index 1", {"cel.validationIndex": "1"}),
-    ("message-expression-wins",
-     "  validations:\n  - expression: \"false\"\n    message: static\n"
-     "    messageExpression: \"'pod ' + object.metadata.name + ' is bad'\"\n",
-     pod(), Status.FAIL, "pod web is bad", {"cel.validationIndex": "0"}),
-    ("message-expression-error",
-     "  validations:\n  - expression: \"false\"\n    messageExpression: \"object.nope\"\n",
-     pod(), Status.FAIL, "failed to evaluate message expression: ", {"cel.validationIndex": "0"}),
-    ("stops-at-first-false",
-     "  validations:\n  - expression: \"false\"\n    message: first\n  - expression: \"1/0 == 1\"\n",
-     pod(), Status.FAIL, "first", {"cel.validationIndex": "0"}),
-    ("runtime-error", "  validations:\n  - expression: \"object.spec.nope == 1\"\n",
-     pod(), Status.ERROR, "error: ", {"cel.validationIndex": "0"}),
-    ("non-bool-result", "  validations:\n  - expression: \"object.metadata.name\"\n",
-     pod(), Status.ERROR, "error: expression must return bool", {"cel.validationIndex": "0"}),
-    ("match-condition-false-skips",
-     "  matchConditions:\n  - name: only-db\n    expression: \"object.metadata.name == 'db'\"\n"
-     "  validations:\n  - expression: \"false\"\n", pod(), Status.SKIP, "skip", {}),
-    ("match-condition-error-fail-policy",
-     "  matchConditions:\n  - name: broken\n    expression: \"object.spec.nope\"\n"
-     "  validations:\n  - expression: \"false\"\n", pod(), Status.ERROR, "failed to load context: ", {}),
-    ("match-condition-error-ignore",
-     "  failurePolicy: Ignore\n  matchConditions:\n  - name: broken\n    expression: \"object.spec.nope\"\n"
-     "  validations:\n  - expression: \"false\"\n", pod(), Status.SKIP, "skip", {}),
-    ("variables-are-lazy",
-     "  variables:\n  - name: broken\n    expression: \"object.spec.nope\"\n  - name: ok\n    expression: \"1\"\n"
-     "  validations:\n  - expression: \"variables.ok == 1\"\n", pod(), Status.PASS, "success", {}),
-    ("variable-error-surfaces-where-used",
-     "  variables:\n  - name: broken\n    expression: \"object.spec.nope\"\n"
-     "  validations:\n  - expression: \"variables.broken == 1\"\n", pod(), Status.ERROR, "error: Key not found in map : \"nope\"",
-     {"cel.validationIndex": "0"}),
-    ("variables-chain",
-     "  variables:\n  - name: a\n    expression: \"object.spec.containers\"\n"
-     "  - name: b\n    expression: \"variables.a.map(c, c.name)\"\n"
-     "  validations:\n  - expression: \"variables.b == ['app']\"\n", pod(), Status.PASS, "success", {}),
-    ("optional-syntax",
-     "  validations:\n  - expression: \"object.spec.?hostNetwork.orValue(false) == false\"\n",
-     pod(), Status.PASS, "success", {}),
-    ("audit-annotations-become-properties",
-     "  validations:\n  - expression: \"true\"\n  auditAnnotations:\n"
-     "  - key: image\n    valueExpression: \"object.spec.containers[0].image\"\n"
-     "  - key: empty\n    valueExpression: \"''\"\n", pod(), Status.PASS, "success", {"image": "nginx:1.25"}),
-    ("iteration-budget-is-an-error",
-     "  validations:\n  - expression: \"object.spec.items.all(x, object.spec.items.all(y, y >= 0))\"\n",
-     pod(items=list(range(200))), Status.ERROR, "budget", {"cel.validationIndex": "0"}),
+    (
+        "pass",
+        '  validations:\n  - expression: "object.spec.containers.size() == 1"\n',
+        pod(),
+        Status.PASS,
+        "success",
+        {},
+    ),
+    (
+        "fail-with-message",
+        '  validations:\n  - expression: "object.spec.containers.size() == 2"\n    message: need two\n',
+        pod(),
+        Status.FAIL,
+        "need two",
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "fail-default-message",
+        '  validations:\n  - expression: "true"\n  - expression: "false"\n',
+        pod(),
+        Status.FAIL,
+        "CEL expression validation failed at index 1",
+        {"cel.validationIndex": "1"},
+    ),
+    (
+        "message-expression-wins",
+        '  validations:\n  - expression: "false"\n    message: static\n'
+        "    messageExpression: \"'pod ' + object.metadata.name + ' is bad'\"\n",
+        pod(),
+        Status.FAIL,
+        "pod web is bad",
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "message-expression-error",
+        '  validations:\n  - expression: "false"\n    messageExpression: "object.nope"\n',
+        pod(),
+        Status.FAIL,
+        "failed to evaluate message expression: ",
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "stops-at-first-false",
+        '  validations:\n  - expression: "false"\n    message: first\n  - expression: "1/0 == 1"\n',
+        pod(),
+        Status.FAIL,
+        "first",
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "runtime-error",
+        '  validations:\n  - expression: "object.spec.nope == 1"\n',
+        pod(),
+        Status.ERROR,
+        "error: ",
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "non-bool-result",
+        '  validations:\n  - expression: "object.metadata.name"\n',
+        pod(),
+        Status.ERROR,
+        "error: expression must return bool",
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "match-condition-false-skips",
+        "  matchConditions:\n  - name: only-db\n    expression: \"object.metadata.name == 'db'\"\n"
+        '  validations:\n  - expression: "false"\n',
+        pod(),
+        Status.SKIP,
+        "skip",
+        {},
+    ),
+    (
+        "match-condition-error-fail-policy",
+        '  matchConditions:\n  - name: broken\n    expression: "object.spec.nope"\n'
+        '  validations:\n  - expression: "false"\n',
+        pod(),
+        Status.ERROR,
+        "failed to load context: ",
+        {},
+    ),
+    (
+        "match-condition-error-ignore",
+        '  failurePolicy: Ignore\n  matchConditions:\n  - name: broken\n    expression: "object.spec.nope"\n'
+        '  validations:\n  - expression: "false"\n',
+        pod(),
+        Status.SKIP,
+        "skip",
+        {},
+    ),
+    (
+        "variables-are-lazy",
+        '  variables:\n  - name: broken\n    expression: "object.spec.nope"\n  - name: ok\n    expression: "1"\n'
+        '  validations:\n  - expression: "variables.ok == 1"\n',
+        pod(),
+        Status.PASS,
+        "success",
+        {},
+    ),
+    (
+        "variable-error-surfaces-where-used",
+        '  variables:\n  - name: broken\n    expression: "object.spec.nope"\n'
+        '  validations:\n  - expression: "variables.broken == 1"\n',
+        pod(),
+        Status.ERROR,
+        'error: Key not found in map : "nope"',
+        {"cel.validationIndex": "0"},
+    ),
+    (
+        "variables-chain",
+        '  variables:\n  - name: a\n    expression: "object.spec.containers"\n'
+        '  - name: b\n    expression: "variables.a.map(c, c.name)"\n'
+        "  validations:\n  - expression: \"variables.b == ['app']\"\n",
+        pod(),
+        Status.PASS,
+        "success",
+        {},
+    ),
+    (
+        "optional-syntax",
+        '  validations:\n  - expression: "object.spec.?hostNetwork.orValue(false) == false"\n',
+        pod(),
+        Status.PASS,
+        "success",
+        {},
+    ),
+    (
+        "audit-annotations-become-properties",
+        '  validations:\n  - expression: "true"\n  auditAnnotations:\n'
+        '  - key: image\n    valueExpression: "object.spec.containers[0].image"\n'
+        "  - key: empty\n    valueExpression: \"''\"\n",
+        pod(),
+        Status.PASS,
+        "success",
+        {"image": "nginx:1.25"},
+    ),
+    (
+        "iteration-budget-is-an-error",
+        '  validations:\n  - expression: "object.spec.items.all(x, object.spec.items.all(y, y >= 0))"\n',
+        pod(items=list(range(200))),
+        Status.ERROR,
+        "budget",
+        {"cel.validationIndex": "0"},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("spec", "resource", "status", "message", "properties"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_validating_semantics(run: Any, spec: str, resource: dict[str, Any], status: Status, message: str,
-                              properties: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("spec", "resource", "status", "message", "properties"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_validating_semantics(
+    run: Any, spec: str, resource: dict[str, Any], status: Status, message: str, properties: dict[str, str]
+) -> None:
     rule = only_rule(run(policy(spec), resource))
     assert rule.status is status
-    assert rule.message.startswith(message.rstrip()) if message.endswith(" ") else rule.message == message or (
-        message in rule.message and message not in ("success", "skip"))
+    assert (
+        rule.message.startswith(message.rstrip())
+        if message.endswith(" ")
+        else rule.message == message or (message in rule.message and message not in ("success", "skip"))
+    )
     assert dict(rule.properties) == properties
     assert rule.rule == ("evaluation" if "failed to load context" in message else "")
 
 
 def test_no_match_gives_no_rules(run: Any) -> None:
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc"}}
-    responses = run(policy("  validations:\n  - expression: \"false\"\n"), service)
+    responses = run(policy('  validations:\n  - expression: "false"\n'), service)
     assert responses and all(not response.rules for response in responses)
 
 
@@ -114,8 +226,10 @@ def test_delete_sees_old_object(run: Any) -> None:
 
 
 def test_request_variable(run: Any) -> None:
-    spec = ("  validations:\n  - expression: \"request.operation == 'UPDATE' && request.kind.kind == 'Pod' && "
-            "request.namespace == 'default' && request.resource.resource == 'pods'\"\n")
+    spec = (
+        "  validations:\n  - expression: \"request.operation == 'UPDATE' && request.kind.kind == 'Pod' && "
+        "request.namespace == 'default' && request.resource.resource == 'pods'\"\n"
+    )
     assert only_rule(run(policy(spec), pod(), operation="UPDATE")).status is Status.PASS
 
 
@@ -136,24 +250,42 @@ def exception(name: str = "allow-web", kind: str = "ValidatingPolicy", extra: st
     return EXCEPTION.format(name=name, kind=kind, extra=extra)
 
 
-FAILING = "  validations:\n  - expression: \"false\"\n    message: denied\n"
+FAILING = '  validations:\n  - expression: "false"\n    message: denied\n'
 
 
 @pytest.mark.parametrize(
     ("exceptions", "status", "message", "rule_name"),
     [
         ((exception(),), Status.SKIP, "rule is skipped due to policy exception: team/allow-web", "exception"),
-        ((exception(extra="  reportResult: pass\n"),), Status.PASS,
-         "rule is passed due to policy exception: team/allow-web", "exception"),
-        ((exception(extra="  matchConditions:\n  - name: db\n    expression: \"object.metadata.name == 'db'\"\n"),),
-         Status.FAIL, "denied", ""),
+        (
+            (exception(extra="  reportResult: pass\n"),),
+            Status.PASS,
+            "rule is passed due to policy exception: team/allow-web",
+            "exception",
+        ),
+        (
+            (exception(extra="  matchConditions:\n  - name: db\n    expression: \"object.metadata.name == 'db'\"\n"),),
+            Status.FAIL,
+            "denied",
+            "",
+        ),
         ((exception(kind="NamespacedValidatingPolicy"),), Status.FAIL, "denied", ""),
-        ((exception(extra="  expiresAt: \"2001-01-01T00:00:00Z\"\n"),), Status.FAIL, "denied", ""),
-        ((exception(extra="  matchConditions:\n  - name: broken\n    expression: \"object.spec.nope\"\n"),),
-         Status.ERROR, "failed to evaluate policy exception team/allow-web", "exception"),
+        ((exception(extra='  expiresAt: "2001-01-01T00:00:00Z"\n'),), Status.FAIL, "denied", ""),
+        (
+            (exception(extra='  matchConditions:\n  - name: broken\n    expression: "object.spec.nope"\n'),),
+            Status.ERROR,
+            "failed to evaluate policy exception team/allow-web",
+            "exception",
+        ),
     ],
-    ids=["full-exemption-skips", "report-result-pass", "condition-false-does-not-apply", "other-kind-ignored",
-         "expired-ignored", "condition-error"],
+    ids=[
+        "full-exemption-skips",
+        "report-result-pass",
+        "condition-false-does-not-apply",
+        "other-kind-ignored",
+        "expired-ignored",
+        "condition-error",
+    ],
 )
 def test_exceptions(run: Any, exceptions: tuple[str, ...], status: Status, message: str, rule_name: str) -> None:
     rule = only_rule(run(policy(FAILING), pod(), exceptions=exceptions))
@@ -165,7 +297,7 @@ def test_exceptions(run: Any, exceptions: tuple[str, ...], status: Status, messa
 
 
 def test_partial_exception_exposes_allowed_values(run: Any) -> None:
-    spec = "  validations:\n  - expression: \"object.spec.containers.all(c, c.image in exceptions.allowedValues)\"\n"
+    spec = '  validations:\n  - expression: "object.spec.containers.all(c, c.image in exceptions.allowedValues)"\n'
     allowed = exception(extra="  allowedValues: ['nginx:1.25']\n")
     assert only_rule(run(policy(spec), pod())).status is Status.FAIL
     assert only_rule(run(policy(spec), pod(), exceptions=(allowed,))).status is Status.PASS
@@ -175,31 +307,42 @@ def test_partial_exception_exposes_allowed_values(run: Any) -> None:
     ("failure_policy", "status"), [("Fail", Status.ERROR), ("Ignore", Status.SKIP)], ids=["fail", "ignore"]
 )
 def test_compile_error_follows_failure_policy(run: Any, failure_policy: str, status: Status) -> None:
-    spec = f"  failurePolicy: {failure_policy}\n  validations:\n  - expression: \"object.spec.(\"\n"
+    spec = f'  failurePolicy: {failure_policy}\n  validations:\n  - expression: "object.spec.("\n'
     rule = only_rule(run(policy(spec), pod()))
     assert rule.status is status
     assert "spec.validations[0].expression" in rule.message
 
 
 DEPLOYMENT = {
-    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api", "namespace": "default"},
-    "spec": {"template": {"metadata": {"labels": {"app": "api"}},
-                          "spec": {"containers": [{"name": "c", "image": "nginx", "securityContext":
-                                                   {"privileged": True}}]}}},
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "api", "namespace": "default"},
+    "spec": {
+        "template": {
+            "metadata": {"labels": {"app": "api"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx", "securityContext": {"privileged": True}}]},
+        }
+    },
 }
 CRONJOB = {
-    "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly", "namespace": "default"},
+    "apiVersion": "batch/v1",
+    "kind": "CronJob",
+    "metadata": {"name": "nightly", "namespace": "default"},
     "spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}},
 }
 NOT_PRIVILEGED = (
-    "  validations:\n  - expression: \"object.spec.containers.all(c, "
-    "!c.?securityContext.?privileged.orValue(false))\"\n    message: privileged\n"
+    '  validations:\n  - expression: "object.spec.containers.all(c, '
+    '!c.?securityContext.?privileged.orValue(false))"\n    message: privileged\n'
 )
 
 
 @pytest.mark.parametrize(
     ("resource", "status", "variant"),
-    [(DEPLOYMENT, Status.FAIL, "autogen"), (CRONJOB, Status.PASS, "autogen-cronjobs"), (pod(), Status.PASS, "")],
+    [
+        (DEPLOYMENT, Status.FAIL, "autogen"),
+        (CRONJOB, Status.PASS, "autogen-cronjobs"),
+        (pod(), Status.PASS, ""),
+    ],
     ids=["deployment", "cronjob", "pod"],
 )
 def test_autogen_variants(run: Any, resource: dict[str, Any], status: Status, variant: str) -> None:

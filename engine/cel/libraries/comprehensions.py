@@ -21,9 +21,7 @@ def merge_entries(entries: list[Any]) -> dict[Any, Any]:
     merged: dict[Any, Any] = {}
     for entry in entries:
         if not isinstance(entry, dict):
-            raise ValueError(
-                f"transformMapEntry expression must return a map, got {type(entry).__name__}: {entry!r}"
-            )
+            raise ValueError(f"transformMapEntry expression must return a map, got {type(entry).__name__}: {entry!r}")
         for key, value in entry.items():
             if key in merged:
                 raise ValueError(f"insert failed: key {key!r} already exists")

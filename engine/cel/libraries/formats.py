@@ -40,8 +40,7 @@ _DNS1035_LABEL_MSG = (
 )
 _QUALIFIED_NAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
 _QUALIFIED_NAME_MSG = (
-    "must consist of alphanumeric characters, '-', '_' or '.', "
-    "and must start and end with an alphanumeric character"
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
 )
 _LABEL_VALUE_FMT = "(" + _QUALIFIED_NAME_FMT + ")?"
 _LABEL_VALUE_MSG = (
@@ -139,8 +138,7 @@ def is_qualified_name(value: str) -> list[str]:
         errors.append("name part " + _max_len_error(63))
     if not _QUALIFIED_NAME_RE.match(name):
         errors.append(
-            "name part "
-            + _regex_error(_QUALIFIED_NAME_MSG, _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc")
+            "name part " + _regex_error(_QUALIFIED_NAME_MSG, _QUALIFIED_NAME_FMT, "MyName", "my.name", "123-abc")
         )
     return errors
 
@@ -248,9 +246,7 @@ _M = cel.Type.Map(cel.Type.DYN, cel.Type.DYN)
 
 
 def _constant(name: str) -> Any:
-    return cel.FunctionDecl(
-        f"format.{name}", [cel.Overload(f"format_{name}", _M, [], impl=lambda: _make(name))]
-    )
+    return cel.FunctionDecl(f"format.{name}", [cel.Overload(f"format_{name}", _M, [], impl=lambda: _make(name))])
 
 
 LIBRARY = Library(

@@ -60,9 +60,7 @@ def _check_element(kind: str, value: str, allowed: frozenset[str], low: int, hig
     if not low <= len(value) <= high:
         raise ImageReferenceError(f"{kind} must be between {low} and {high} characters in length: {value}")
     if any(ch not in allowed for ch in value):
-        raise ImageReferenceError(
-            f"{kind} can only contain the characters `{''.join(sorted(allowed))}`: {value}"
-        )
+        raise ImageReferenceError(f"{kind} can only contain the characters `{''.join(sorted(allowed))}`: {value}")
 
 
 def _repository(name: str) -> tuple[str, str]:
@@ -110,9 +108,7 @@ def _tag_of_digest_reference(original: str) -> str:
 def parse_reference(text: str) -> ImageReference:
     """Parse `text` like go-containerregistry's `name.ParseReference` with default options."""
     if text.startswith(("http://", "https://")):
-        raise ImageReferenceError(
-            f"image reference must not contain a URL scheme (http:// or https://): {text}"
-        )
+        raise ImageReferenceError(f"image reference must not contain a URL scheme (http:// or https://): {text}")
     try:
         registry, repo, tag = _tag(text)
         return ImageReference(registry, repo, tag, "")
@@ -136,9 +132,7 @@ def parse_reference(text: str) -> ImageReference:
 
 
 def _to_value(ref: ImageReference) -> dict[str, Any]:
-    return opaque(
-        IMAGE_TYPE, registry=ref.registry, repository=ref.repository, tag=ref.tag, digest=ref.digest
-    )
+    return opaque(IMAGE_TYPE, registry=ref.registry, repository=ref.repository, tag=ref.tag, digest=ref.digest)
 
 
 def _image(value: Any) -> dict[str, Any]:
@@ -191,9 +185,7 @@ _IMAGE = cel.Type.Map(cel.Type.DYN, cel.Type.DYN)
 
 
 def _member(name: str, result: Any, impl: Any) -> Any:
-    return cel.FunctionDecl(
-        name, [cel.Overload(f"kyverno_image_{name}", result, [_IMAGE], is_member=True, impl=impl)]
-    )
+    return cel.FunctionDecl(name, [cel.Overload(f"kyverno_image_{name}", result, [_IMAGE], is_member=True, impl=impl)])
 
 
 LIBRARY = Library(
@@ -203,9 +195,7 @@ LIBRARY = Library(
             "parseImageReference",
             [cel.Overload("kyverno_parse_image_reference_string", _IMAGE, [cel.Type.STRING], impl=_parse)],
         ),
-        cel.FunctionDecl(
-            "image", [cel.Overload("kyverno_image_string", _IMAGE, [cel.Type.STRING], impl=_parse)]
-        ),
+        cel.FunctionDecl("image", [cel.Overload("kyverno_image_string", _IMAGE, [cel.Type.STRING], impl=_parse)]),
         cel.FunctionDecl(
             "isImage",
             [cel.Overload("kyverno_is_image_string", cel.Type.BOOL, [cel.Type.STRING], impl=_is_image)],

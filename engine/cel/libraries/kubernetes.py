@@ -68,19 +68,11 @@ LIBRARY = Library(
     (
         cel.FunctionDecl(
             "isLessThan",
-            [
-                cel.Overload(
-                    "opaque_is_less_than", cel.Type.BOOL, [_M, _M], is_member=True, impl=_is_less_than
-                )
-            ],
+            [cel.Overload("opaque_is_less_than", cel.Type.BOOL, [_M, _M], is_member=True, impl=_is_less_than)],
         ),
         cel.FunctionDecl(
             "isGreaterThan",
-            [
-                cel.Overload(
-                    "opaque_is_greater_than", cel.Type.BOOL, [_M, _M], is_member=True, impl=_is_greater_than
-                )
-            ],
+            [cel.Overload("opaque_is_greater_than", cel.Type.BOOL, [_M, _M], is_member=True, impl=_is_greater_than)],
         ),
         cel.FunctionDecl(
             "compareTo",

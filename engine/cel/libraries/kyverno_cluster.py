@@ -38,9 +38,7 @@ def _pascal_and_camel(name: str) -> tuple[str, str]:
 
 def _declare(name: str, overloads: Callable[[str], list[Any]]) -> tuple[Any, ...]:
     """`name` and its camelCase alias, each with its own overload ids."""
-    return tuple(
-        cel.FunctionDecl(alias, overloads(alias.replace(".", "_"))) for alias in _pascal_and_camel(name)
-    )
+    return tuple(cel.FunctionDecl(alias, overloads(alias.replace(".", "_"))) for alias in _pascal_and_camel(name))
 
 
 # --- resource ---------------------------------------------------------------------------------------------
@@ -90,9 +88,7 @@ def _get(api_version: str, resource: str, namespace: str, name: str) -> dict[str
         raise ValueError(f"failed to get resource: {exc}") from exc
 
 
-def _list(
-    api_version: str, resource: str, namespace: str, labels: Mapping[Any, Any] | None
-) -> dict[str, Any]:
+def _list(api_version: str, resource: str, namespace: str, labels: Mapping[Any, Any] | None) -> dict[str, Any]:
     lookup = _resources()
     try:
         items = lookup.list(api_version, resource, namespace, None if labels is None else _labels(labels))
@@ -265,13 +261,9 @@ def _http_method_overloads(method: str, prefix: str, member: bool) -> list[Any]:
         return _request(method, url, body, headers)
 
     if method == "GET":
+        overloads.append(cel.Overload(f"kyverno_{prefix}_string", _DYN, [*receiver, _S], is_member=member, impl=call))
         overloads.append(
-            cel.Overload(f"kyverno_{prefix}_string", _DYN, [*receiver, _S], is_member=member, impl=call)
-        )
-        overloads.append(
-            cel.Overload(
-                f"kyverno_{prefix}_string_map", _DYN, [*receiver, _S, _MAP], is_member=member, impl=call
-            )
+            cel.Overload(f"kyverno_{prefix}_string_map", _DYN, [*receiver, _S, _MAP], is_member=member, impl=call)
         )
         return overloads
     for suffix, body_type in ANY_VALUE_TYPES:
@@ -300,18 +292,12 @@ def _http_functions() -> tuple[Any, ...]:
     decls: list[Any] = []
     for name, method in (("Get", "GET"), ("Post", "POST"), ("Put", "PUT")):
         for alias in _pascal_and_camel(f"http.{name}"):
-            decls.append(
-                cel.FunctionDecl(alias, _http_method_overloads(method, alias.replace(".", "_"), False))
-            )
+            decls.append(cel.FunctionDecl(alias, _http_method_overloads(method, alias.replace(".", "_"), False)))
         for alias in _pascal_and_camel(name):
-            decls.append(
-                cel.FunctionDecl(alias, _http_method_overloads(method, f"http_client_{alias}", True))
-            )
+            decls.append(cel.FunctionDecl(alias, _http_method_overloads(method, f"http_client_{alias}", True)))
     for alias in _pascal_and_camel("http.Client"):
         prefix = alias.replace(".", "_")
-        decls.append(
-            cel.FunctionDecl(alias, [cel.Overload(f"kyverno_{prefix}_string", _MAP, [_S], impl=_http_client)])
-        )
+        decls.append(cel.FunctionDecl(alias, [cel.Overload(f"kyverno_{prefix}_string", _MAP, [_S], impl=_http_client)]))
     return tuple(decls)
 
 

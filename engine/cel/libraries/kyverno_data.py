@@ -428,9 +428,7 @@ def _random_default() -> str:
 
 def _list_obj_to_map(keys: list[Any], values: list[Any], key_field: str, value_field: str) -> dict[str, Any]:
     if len(keys) != len(values):
-        raise ValueError(
-            f"listObjToMap must take lists of equal length. list1: {len(keys)}, list2: {len(values)}"
-        )
+        raise ValueError(f"listObjToMap must take lists of equal length. list1: {len(keys)}, list2: {len(values)}")
     result: dict[str, Any] = {}
     for key_entry, value_entry in zip(keys, values, strict=True):
         if not isinstance(key_entry, dict):

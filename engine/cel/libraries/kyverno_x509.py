@@ -212,9 +212,7 @@ def _certificate(cert: x509.Certificate) -> dict[str, Any]:
 
     ext_usage = _extension(extensions, ExtensionOID.EXTENDED_KEY_USAGE)
     ext_key_usage = [
-        float(_EXT_KEY_USAGE[oid.dotted_string])
-        for oid in ext_usage or ()
-        if oid.dotted_string in _EXT_KEY_USAGE
+        float(_EXT_KEY_USAGE[oid.dotted_string]) for oid in ext_usage or () if oid.dotted_string in _EXT_KEY_USAGE
     ]
 
     constraints = _extension(extensions, ExtensionOID.BASIC_CONSTRAINTS)
@@ -224,12 +222,8 @@ def _certificate(cert: x509.Certificate) -> dict[str, Any]:
 
     aki = _extension(extensions, ExtensionOID.AUTHORITY_KEY_IDENTIFIER)
     aia = _extension(extensions, ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
-    ocsp = [
-        d.access_location.value for d in aia or () if d.access_method.dotted_string == "1.3.6.1.5.5.7.48.1"
-    ]
-    issuers = [
-        d.access_location.value for d in aia or () if d.access_method.dotted_string == "1.3.6.1.5.5.7.48.2"
-    ]
+    ocsp = [d.access_location.value for d in aia or () if d.access_method.dotted_string == "1.3.6.1.5.5.7.48.1"]
+    issuers = [d.access_location.value for d in aia or () if d.access_method.dotted_string == "1.3.6.1.5.5.7.48.2"]
     crl = _extension(extensions, ExtensionOID.CRL_DISTRIBUTION_POINTS)
     crl_points = [
         name.value
@@ -251,9 +245,7 @@ def _certificate(cert: x509.Certificate) -> dict[str, Any]:
         "Raw": _b64(cert.public_bytes(serialization.Encoding.DER)),
         "RawTBSCertificate": _b64(cert.tbs_certificate_bytes),
         "RawSubjectPublicKeyInfo": _b64(
-            cert.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         ),
         "RawSubject": _b64(cert.subject.public_bytes()),
         "RawIssuer": _b64(cert.issuer.public_bytes()),
@@ -297,9 +289,7 @@ def _certificate_request(csr: x509.CertificateSigningRequest) -> dict[str, Any]:
         "Raw": _b64(csr.public_bytes(serialization.Encoding.DER)),
         "RawTBSCertificateRequest": _b64(csr.tbs_certrequest_bytes),
         "RawSubjectPublicKeyInfo": _b64(
-            csr.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+            csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         ),
         "RawSubject": _b64(csr.subject.public_bytes()),
         "Version": 0.0,

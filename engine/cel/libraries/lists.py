@@ -149,9 +149,7 @@ def _sum(items: list[Any]) -> int | float:
         return result
     if names == {"google.protobuf.Duration"}:
         raise ValueError("sum: lists of durations are not supported")
-    raise ValueError(
-        "sum: list elements must all be int, uint or double of one type, got " + ", ".join(sorted(names))
-    )
+    raise ValueError("sum: list elements must all be int, uint or double of one type, got " + ", ".join(sorted(names)))
 
 
 def _extreme(items: list[Any], name: str, prefer: int) -> Any:
@@ -293,10 +291,7 @@ def _member(overload_id: str, result: Any, params: list[Any], impl: Any) -> Any:
 def _per_value_type(name: str, prefix: str, impl: Callable[[list[Any], Any], int]) -> Any:
     return cel.FunctionDecl(
         name,
-        [
-            cel.Overload(f"{prefix}_{kind}", _INT, [_L, param], impl=impl)
-            for kind, param in VALUE_TYPES.items()
-        ],
+        [cel.Overload(f"{prefix}_{kind}", _INT, [_L, param], impl=impl) for kind, param in VALUE_TYPES.items()],
     )
 
 
@@ -309,9 +304,7 @@ LIBRARY = Library(
         cel.FunctionDecl("max", [_member("list_max", _D, [_L], _max)]),
         _per_value_type("__celvern_list_indexOf", "celvern_list_index_of", _index_of),
         _per_value_type("__celvern_list_lastIndexOf", "celvern_list_last_index_of", _last_index_of),
-        cel.FunctionDecl(
-            "__celvern_list_reverse", [cel.Overload("celvern_list_reverse", _L, [_L], impl=_reverse)]
-        ),
+        cel.FunctionDecl("__celvern_list_reverse", [cel.Overload("celvern_list_reverse", _L, [_L], impl=_reverse)]),
         cel.FunctionDecl(
             "flatten",
             [
@@ -322,9 +315,7 @@ LIBRARY = Library(
         cel.FunctionDecl("distinct", [_member("list_distinct", _L, [_L], _distinct)]),
         cel.FunctionDecl("slice", [_member("list_slice", _L, [_L, _INT, _INT], _slice)]),
         cel.FunctionDecl("sort", [_member("list_sort", _L, [_L], _sort)]),
-        cel.FunctionDecl(
-            "lists.range", [cel.Overload("lists_range", cel.Type.List(_INT), [_INT], impl=_range)]
-        ),
+        cel.FunctionDecl("lists.range", [cel.Overload("lists_range", cel.Type.List(_INT), [_INT], impl=_range)]),
         cel.FunctionDecl(
             "sets.contains", [cel.Overload("list_sets_contains_list", _BOOL, [_L, _L], impl=_sets_contains)]
         ),

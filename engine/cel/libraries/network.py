@@ -43,9 +43,7 @@ def parse_ip(text: str) -> Address:
     try:
         address = _parse_addr(text)
     except ValueError as error:
-        raise ValueError(
-            f"IP Address {_go_quote(text)} parse error during conversion from string: {error}"
-        ) from None
+        raise ValueError(f"IP Address {_go_quote(text)} parse error during conversion from string: {error}") from None
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id is not None:
             raise ValueError(f"IP address {_go_quote(text)} with zone value is not allowed")
@@ -267,9 +265,7 @@ LIBRARY = Library(
             "isLinkLocalMulticast",
             [_member("ip_is_link_local_multicast", _B, [_M], _is_link_local_multicast)],
         ),
-        cel.FunctionDecl(
-            "isLinkLocalUnicast", [_member("ip_is_link_local_unicast", _B, [_M], _is_link_local_unicast)]
-        ),
+        cel.FunctionDecl("isLinkLocalUnicast", [_member("ip_is_link_local_unicast", _B, [_M], _is_link_local_unicast)]),
         cel.FunctionDecl("isGlobalUnicast", [_member("ip_is_global_unicast", _B, [_M], _is_global_unicast)]),
         cel.FunctionDecl("cidr", [cel.Overload("string_to_cidr", _M, [_S], impl=_cidr)]),
         cel.FunctionDecl("isCIDR", [cel.Overload("is_cidr", _B, [_S], impl=_is_cidr)]),

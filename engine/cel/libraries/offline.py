@@ -54,9 +54,7 @@ class InMemoryResources:
         resource = self.resource_for(api_version, kind)
         self._kinds[(api_version, resource)] = kind
         self._resources[(api_version, kind)] = resource
-        self._objects.setdefault((api_version, resource), {})[(str(namespace), name)] = copy.deepcopy(
-            dict(obj)
-        )
+        self._objects.setdefault((api_version, resource), {})[(str(namespace), name)] = copy.deepcopy(dict(obj))
 
     def resource_for(self, api_version: str, kind: str) -> str:
         """Plural resource name of `kind` (what `resource.ToGVR` needs)."""

@@ -247,16 +247,12 @@ _Q = cel.Type.Map(cel.Type.DYN, cel.Type.DYN)
 LIBRARY = Library(
     "kubernetes.quantity",
     (
-        cel.FunctionDecl(
-            "quantity", [cel.Overload("string_to_quantity", _Q, [cel.Type.STRING], impl=_quantity)]
-        ),
+        cel.FunctionDecl("quantity", [cel.Overload("string_to_quantity", _Q, [cel.Type.STRING], impl=_quantity)]),
         cel.FunctionDecl(
             "isQuantity",
             [cel.Overload("is_quantity_string", cel.Type.BOOL, [cel.Type.STRING], impl=_is_quantity)],
         ),
-        cel.FunctionDecl(
-            "sign", [cel.Overload("quantity_sign", cel.Type.INT, [_Q], is_member=True, impl=_sign)]
-        ),
+        cel.FunctionDecl("sign", [cel.Overload("quantity_sign", cel.Type.INT, [_Q], is_member=True, impl=_sign)]),
         cel.FunctionDecl(
             "isInteger",
             [cel.Overload("quantity_is_integer", cel.Type.BOOL, [_Q], is_member=True, impl=_is_integer)],
@@ -267,11 +263,7 @@ LIBRARY = Library(
         ),
         cel.FunctionDecl(
             "asApproximateFloat",
-            [
-                cel.Overload(
-                    "quantity_get_float", cel.Type.DOUBLE, [_Q], is_member=True, impl=_as_approximate_float
-                )
-            ],
+            [cel.Overload("quantity_get_float", cel.Type.DOUBLE, [_Q], is_member=True, impl=_as_approximate_float)],
         ),
         cel.FunctionDecl(
             "add",

@@ -72,11 +72,7 @@ def _translate_escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
     if c == "x" and i + 2 < len(pattern) and pattern[i + 2] == "{":
         end = pattern.find("}", i + 3)
         digits = pattern[i + 3 : end] if end > 0 else ""
-        if (
-            not digits
-            or any(ch not in "0123456789abcdefABCDEF" for ch in digits)
-            or int(digits, 16) > 0x10FFFF
-        ):
+        if not digits or any(ch not in "0123456789abcdefABCDEF" for ch in digits) or int(digits, 16) > 0x10FFFF:
             raise RegexError(f"invalid escape sequence: `{pattern[i : end + 1 if end > 0 else i + 3]}`")
         return _hex_escape(int(digits, 16)), end + 1
     if c.isdigit() and c != "0":
@@ -111,9 +107,7 @@ def _translate_class(pattern: str, i: int) -> tuple[str, int]:
             end = pattern.find(":]", i + 2)
             name = pattern[i + 2 : end] if end > 0 else ""
             if name not in _POSIX_CLASSES:
-                raise RegexError(
-                    f"invalid character class range: `{pattern[i : end + 2 if end > 0 else i + 2]}`"
-                )
+                raise RegexError(f"invalid character class range: `{pattern[i : end + 2 if end > 0 else i + 2]}`")
             out.append(_POSIX_CLASSES[name])
             i = end + 2
         elif c == "\\":

@@ -51,9 +51,7 @@ def _same(actual: Any, expected: Any) -> bool:
     if type(actual) is not type(expected):
         return False
     if isinstance(expected, list):
-        return len(actual) == len(expected) and all(
-            _same(a, e) for a, e in zip(actual, expected, strict=True)
-        )
+        return len(actual) == len(expected) and all(_same(a, e) for a, e in zip(actual, expected, strict=True))
     if isinstance(expected, dict):
         return actual.keys() == expected.keys() and all(_same(actual[k], expected[k]) for k in expected)
     return bool(actual == expected)
@@ -392,8 +390,7 @@ FORMAT = {
         True,
     ),
     "qualified-name-two-slashes": (
-        "__celvern_format_validate(format.qualifiedName(), 'a/b/c')[0]"
-        ".startsWith('a qualified name must consist')",
+        "__celvern_format_validate(format.qualifiedName(), 'a/b/c')[0].startsWith('a qualified name must consist')",
         True,
     ),
     "label-value-empty": ("__celvern_format_validate(format.labelValue(), '')", []),
@@ -458,9 +455,7 @@ def test_format(env: Any, expression: str, expected: Any) -> None:
 
 
 def test_opaque_values_carry_their_type(env: Any) -> None:
-    value = _evaluate(
-        env, "[quantity('1'), ip('::1'), cidr('::/0'), url('/'), semver('1.0.0'), format.uuid()]"
-    )
+    value = _evaluate(env, "[quantity('1'), ip('::1'), cidr('::/0'), url('/'), semver('1.0.0'), format.uuid()]")
     kinds = [item[OPAQUE_TYPE_KEY] for item in value.plain_value()]
     assert kinds == ["quantity", "ip", "cidr", "url", "semver", "format"]
 

@@ -87,9 +87,7 @@ PURE_CASES = [
         "json-unmarshal",
     ),
     case('type(json.unmarshal("{\\"n\\": 1}").n) == double', True, "json-unmarshal-numbers-are-doubles"),
-    case(
-        'json.marshal({"b": 1, "a": [2.5, null, true]})', '{"a":[2.5,null,true],"b":1}', "json-marshal-sorted"
-    ),
+    case('json.marshal({"b": 1, "a": [2.5, null, true]})', '{"a":[2.5,null,true],"b":1}', "json-marshal-sorted"),
     case('json.marshal("<a&b>")', '"\\u003ca\\u0026b\\u003e"', "json-marshal-html-escape"),
     case("json.marshal(1e21)", "1e+21", "json-marshal-large-double"),
     case("json.marshal(0.0000001)", "1e-7", "json-marshal-small-double"),
@@ -136,9 +134,7 @@ PURE_CASES = [
         {"a": 1, "b": 2},
         "listObjToMap",
     ),
-    case(
-        'transform.listObjToMap([{"k": "a"}], [{"v": "x"}], "k", "v")', {"a": "x"}, "transform.listObjToMap"
-    ),
+    case('transform.listObjToMap([{"k": "a"}], [{"v": "x"}], "k", "v")', {"a": "x"}, "transform.listObjToMap"),
     case(
         'parseServiceAccount("system:serviceaccount:kube-system:default")',
         {"name": "default", "namespace": "kube-system"},
@@ -163,9 +159,7 @@ PURE_ERRORS = [
     case('yaml.parse("a: [")', "yaml:", "yaml-parse-invalid"),
     case('gzip.decompress(b"not gzip")', "gzip:", "gzip-decompress-invalid"),
     case('listObjToMap([{"k": "a"}], [], "k", "v")', "lists of equal length", "listObjToMap-length"),
-    case(
-        'listObjToMap([{"k": 1}], [{"v": 1}], "k", "v")', "cannot be handled as a string", "listObjToMap-key"
-    ),
+    case('listObjToMap([{"k": 1}], [{"v": 1}], "k", "v")', "cannot be handled as a string", "listObjToMap-key"),
     case('random("[a-")', "missing ']'", "random-bad-pattern"),
     case('random("\\\\pL")', "unsupported escape", "random-unsupported-escape"),
     case('x509.decode("not a pem")', "failed to decode PEM block", "x509-not-pem"),
@@ -230,9 +224,7 @@ def test_x509_decode_matches_kyverno(env: Any) -> None:
     assert len(result["Extensions"]) == 3
     assert result["Extensions"][0]["Critical"] is True
     assert result["DNSNames"] is None
-    assert all(
-        result[key] for key in ("Raw", "RawIssuer", "RawSubject", "RawSubjectPublicKeyInfo", "Signature")
-    )
+    assert all(result[key] for key in ("Raw", "RawIssuer", "RawSubject", "RawSubjectPublicKeyInfo", "Signature"))
 
 
 def test_x509_decode_usable_in_expressions(env: Any) -> None:
@@ -271,9 +263,7 @@ IMAGE_CASES = [
     case('parseImageReference("nginx").identifier()', "latest", "default-identifier"),
     case('parseImageReference("docker.io/bitnami/redis:7").registry()', "index.docker.io", "docker.io-alias"),
     case('parseImageReference("localhost:5000/app:v1").registry()', "localhost:5000", "registry-with-port"),
-    case(
-        'parseImageReference("localhost/app").registry()', "index.docker.io", "localhost-without-port-is-repo"
-    ),
+    case('parseImageReference("localhost/app").registry()', "index.docker.io", "localhost-without-port-is-repo"),
     case('parseImageReference("localhost/app").repository()', "localhost/app", "localhost-repository"),
     case(
         'parseImageReference("registry.k8s.io/kube-apiserver-arm64").repository()',
@@ -284,9 +274,7 @@ IMAGE_CASES = [
     case(f'parseImageReference("ghcr.io/a/b@{DIGEST}").tag()', "", "digest-has-no-tag"),
     case(f'parseImageReference("ghcr.io/a/b@{DIGEST}").identifier()', DIGEST, "digest-identifier"),
     case(f'parseImageReference("ghcr.io/a/b:1.2@{DIGEST}").tag()', "1.2", "tag-and-digest-tag"),
-    case(
-        f'parseImageReference("ghcr.io/a/b:1.2@{DIGEST}").identifier()', f"1.2@{DIGEST}", "tag-and-digest-id"
-    ),
+    case(f'parseImageReference("ghcr.io/a/b:1.2@{DIGEST}").identifier()', f"1.2@{DIGEST}", "tag-and-digest-id"),
     case(f'parseImageReference("reg.example:5000/repo@{DIGEST}").tag()', "", "port-is-not-a-tag"),
     case(f'parseImageReference("ghcr.io/a/b:1.2@{DIGEST}").containsDigest()', True, "containsDigest"),
     case('parseImageReference("ghcr.io/a/b:1.2").containsDigest()', False, "containsDigest-false"),
@@ -369,8 +357,7 @@ RESOURCE_CASES = [
     ),
     case('resource.ToGVR("networking.k8s.io/v1", "NetworkPolicy").Resource', "networkpolicies", "toGVR"),
     case(
-        'resource.Get(resource.toGVR("networking.k8s.io/v1", "NetworkPolicy"), "team-a", "deny")'
-        ".metadata.name",
+        'resource.Get(resource.toGVR("networking.k8s.io/v1", "NetworkPolicy"), "team-a", "deny").metadata.name',
         "deny",
         "get-by-gvr",
     ),
@@ -427,9 +414,7 @@ def test_resource_errors_in_namespaced_policies(env: Any, expression: str, messa
 
 def test_resource_calls_without_namespace_need_a_namespaced_policy(env: Any) -> None:
     with services.use(cluster()):
-        assert "only available in namespaced policies" in error_of(
-            env, 'resource.Get("v1", "configmaps", "x")'
-        )
+        assert "only available in namespaced policies" in error_of(env, 'resource.Get("v1", "configmaps", "x")')
 
 
 def test_resource_calls_without_service(env: Any) -> None:
@@ -489,9 +474,7 @@ HTTP_CASES = [
     case('http.Get("https://example.com/config")', {"body": {"allowed": True}, "statusCode": 200}, "get"),
     case('http.get("https://example.com/config", {"Authorization": "x"}).body.allowed', True, "get-headers"),
     case('http.Post("https://authz.example.com/validate", {"name": "p"}).statusCode', 403, "post"),
-    case(
-        'http.post("https://authz.example.com/validate", "x", {"a": "b"}).body.allowed', False, "post-headers"
-    ),
+    case('http.post("https://authz.example.com/validate", "x", {"a": "b"}).body.allowed', False, "post-headers"),
     case('http.Put("http://h.example/any?q=1", [1]).body', "text", "urlPath-any-method"),
     case('http.Client("ca-bundle").Get("https://example.com/config").body.allowed', True, "client-get"),
     case('http.client("ca").post("https://authz.example.com/validate", {}).statusCode', 403, "client-post"),

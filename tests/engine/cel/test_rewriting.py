@@ -378,9 +378,7 @@ def test_conformance_corpus_rewrites_quickly() -> None:
     assert best < 0.05, f"rewriting {len(expressions)} expressions took {best * 1000:.0f} ms"
 
 
-@pytest.mark.parametrize(
-    "expression", conformance_expressions(), ids=lambda text: " ".join(text.split())[:60]
-)
+@pytest.mark.parametrize("expression", conformance_expressions(), ids=lambda text: " ".join(text.split())[:60])
 def test_conformance_rewrites_reparse(expression: str) -> None:
     result = rewrite(expression, struct_types=_accept_kyverno_structs)
     parse(result.text)

@@ -106,9 +106,7 @@ STRUCTURE_CASES = [
             end=0,
             condition=ident("a"),
             then=ident("b"),
-            otherwise=Conditional(
-                start=0, end=0, condition=ident("c"), then=ident("d"), otherwise=ident("e")
-            ),
+            otherwise=Conditional(start=0, end=0, condition=ident("c"), then=ident("d"), otherwise=ident("e")),
         ),
     ),
     ("-x.y", Unary(start=0, end=0, op="-", operand=Select(start=0, end=0, operand=ident("x"), field="y"))),
@@ -218,9 +216,7 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "message", "offset"), ERROR_CASES, ids=[c[0] or "<empty>" for c in ERROR_CASES]
-)
+@pytest.mark.parametrize(("text", "message", "offset"), ERROR_CASES, ids=[c[0] or "<empty>" for c in ERROR_CASES])
 def test_syntax_errors(text: str, message: str, offset: int) -> None:
     with pytest.raises(CelSyntaxError) as caught:
         parse(text)
