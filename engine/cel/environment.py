@@ -101,7 +101,11 @@ def clean_message(message: str) -> str:
     """Strip absl status decorations (`INVALID_ARGUMENT: ... [INVALID_ARGUMENT]`) from runtime messages."""
     message = _STATUS_SUFFIX.sub("", message.strip())
     message = _STATUS_PREFIX.sub("", message, count=1)
-    return message.removeprefix("ERROR: ")
+    message = message.removeprefix("ERROR: ").removeprefix("<input>:")
+    return _ITERATION_ERROR.sub("cannot iterate over a value that is not a list or a map", message)
+
+
+_ITERATION_ERROR = re.compile(r"No matching overloads found : <iter_range>")
 
 
 def _libraries() -> list[Library]:
@@ -186,17 +190,45 @@ class Environment:
         )
 
     def _explain(self, original: str, text: str, message: str) -> str:
-        """The compile error, with carets on the user's own text whenever possible."""
+        """The compile error, with carets on the user's own text.
+
+        When the expression was rewritten, the runtime's positions point into the rewritten text; each error is
+        then re-anchored on the first occurrence, in the user's text, of the name it quotes (or shown without a
+        caret when it quotes none).
+        """
         cleaned = clean_message(message)
         if text == original:
             return cleaned
-        try:
-            self.env.compile(original)
-        except RuntimeError as exc:
-            original_message = clean_message(str(exc))
-            if "__celvern" not in cleaned and not _mentions_rewritten_construct(original_message):
-                return original_message
-        return f"{cleaned}\n(while compiling the rewritten form: {text})"
+        explained = []
+        for error in _ERROR_START.split(cleaned):
+            first_line = error.strip().splitlines()[0] if error.strip() else ""
+            if not first_line:
+                continue
+            reason = _POSITION.sub("", first_line)
+            quoted = _QUOTED.search(reason)
+            offset = _find_identifier(original, quoted.group(1)) if quoted else -1
+            explained.append(caret_display(original, offset, reason) if offset >= 0 else reason)
+        return "\n".join(explained) or cleaned
+
+
+_ERROR_START = re.compile(r"(?:^|\n)ERROR: ")
+_POSITION = re.compile(r"^(?:<input>:)?\d+:\d+: ")
+_QUOTED = re.compile(r"'([A-Za-z_][A-Za-z0-9_.]*)'")
+
+
+def _find_identifier(text: str, name: str) -> int:
+    match = re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text)
+    return match.start() if match else -1
+
+
+def caret_display(expression: str, offset: int, message: str) -> str:
+    """`line:column: message`, the source line and a caret under `offset` (the runtime's own format)."""
+    line_number = expression.count("\n", 0, offset) + 1
+    line_start = expression.rfind("\n", 0, offset) + 1
+    line_end = expression.find("\n", offset)
+    line = expression[line_start : line_end if line_end >= 0 else len(expression)]
+    column = offset - line_start
+    return f"{line_number}:{column + 1}: {message}\n | {line}\n | {'.' * column}^"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,16 +250,6 @@ def _closure(names: frozenset[str], scope: Mapping[str, VariableDefinition]) -> 
         needed.add(name)
         pending.extend(scope[name].variables)
     return needed
-
-
-_REWRITTEN_NAMES = re.compile(
-    r"'(transformList|transformMap|transformMapEntry|existsOne|orValue|indexOf|lastIndexOf|reverse|string|"
-    r"validate|named|all|exists|exists_one|round)'"
-)
-
-
-def _mentions_rewritten_construct(message: str) -> bool:
-    return bool(_REWRITTEN_NAMES.search(message)) or "struct" in message or "missing type info" in message
 
 
 def _type_name(compiled: Any) -> str:

@@ -1,0 +1,74 @@
+"""Compiling expressions: located, caret-annotated errors on the user's own text; runtime errors as values."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.cel.environment import CelError, VariableDefinition, validating_environment
+from engine.errors import PolicyCompileError
+
+COMPILE_ERRORS = [
+    ("syntax", "object.spec.(", "1:13: Syntax error: "),
+    (
+        "undeclared-function",
+        "nosuch(1) == 1",
+        "1:7: undeclared reference to 'nosuch' (in container '')\n | nosuch(1) == 1\n | ......^",
+    ),
+    (
+        "undeclared-after-rewrite",
+        "[1].transformList(i, v, v) == [] && authorizer.x",
+        "1:37: undeclared reference to 'authorizer.x' (in container '')\n"
+        " | [1].transformList(i, v, v) == [] && authorizer.x\n"
+        " | ....................................^",
+    ),
+    ("unknown-struct", "Foo{a: 1}", "1:1: struct literal of type 'Foo' is not supported"),
+    ("empty", "  ", "expression is empty"),
+    ("undefined-variable", "variables.missing", "undefined variable 'missing' (defined before this point: none)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"), [c[1:] for c in COMPILE_ERRORS], ids=[c[0] for c in COMPILE_ERRORS]
+)
+def test_compile_errors_are_located(expression: str, expected: str) -> None:
+    with pytest.raises(PolicyCompileError) as caught:
+        validating_environment().compile(expression, path="spec.validations[0].expression")
+    assert caught.value.message.startswith(expected)
+    assert caught.value.field_path == "spec.validations[0].expression"
+
+
+def test_variables_are_bound_lazily_and_once() -> None:
+    env = validating_environment()
+    broken = env.compile("1 / 0", path="spec.variables[0].expression")
+    double = env.compile("object.n * 2", path="spec.variables[1].expression")
+    scope = [
+        VariableDefinition("broken", broken.inlined, broken.variables),
+        VariableDefinition("double", double.inlined, double.variables),
+    ]
+    program = env.compile("variables.double + variables.double", path="p", variables=scope)
+    assert "__celvern_var_broken" not in program.text  # not read, so not bound: its error cannot surface
+    assert program.evaluate(env.activation({"object": {"n": 4}})) == 16
+    failing = env.compile("variables.broken == 1", path="p", variables=scope)
+    result = failing.evaluate(env.activation({"object": {}}))
+    assert isinstance(result, CelError) and "divide by zero" in result.message
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("object.missing == 1", 'Key not found in map : "missing"'),
+        ("object.all(x, x > 0)", "cannot iterate over a value that is not a list or a map"),
+        ("object.items.all(x, object.items.all(y, y >= 0))", "budget of 10,000 comprehension iterations"),
+    ],
+    ids=["missing-key", "iterate-non-list", "iteration-budget"],
+)
+def test_runtime_errors_are_values(expression: str, message: str) -> None:
+    env = validating_environment()
+    data = (
+        {"object": {"items": list(range(200))}}
+        if "items" in expression
+        else {"object": 5 if "all" in expression else {}}
+    )
+    result = env.compile(expression, path="p").evaluate(env.activation(data))
+    assert isinstance(result, CelError)
+    assert message in result.message
