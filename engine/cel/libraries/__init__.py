@@ -18,6 +18,7 @@ Conventions shared by every library:
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,4 +50,29 @@ def opaque_type(value: Any) -> str | None:
     return None
 
 
-__all__ = ["OPAQUE_TYPE_KEY", "Library", "cel", "opaque", "opaque_type"]
+def cel_type_name(value: Any) -> str:
+    """The CEL type name of a plain value, as error messages spell it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes"
+    if value is None:
+        return "null_type"
+    if isinstance(value, datetime.datetime):
+        return "google.protobuf.Timestamp"
+    if isinstance(value, datetime.timedelta):
+        return "google.protobuf.Duration"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return opaque_type(value) or "map"
+    return type(value).__name__
+
+
+__all__ = ["OPAQUE_TYPE_KEY", "Library", "cel", "cel_type_name", "opaque", "opaque_type"]

@@ -15,7 +15,7 @@ import datetime
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from engine.cel.libraries import Library, cel, opaque_type
+from engine.cel.libraries import Library, cel, cel_type_name
 
 MAX_RANGE = 100_000
 """Largest `lists.range(n)`, so that no expression can allocate an unbounded list."""
@@ -25,31 +25,6 @@ _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
 
 _T = TypeVar("_T")
-
-
-def type_name(value: Any) -> str:
-    """The CEL type name of a plain value, as error messages spell it."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (bytes, bytearray)):
-        return "bytes"
-    if value is None:
-        return "null_type"
-    if isinstance(value, datetime.datetime):
-        return "google.protobuf.Timestamp"
-    if isinstance(value, datetime.timedelta):
-        return "google.protobuf.Duration"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return opaque_type(value) or "map"
-    return type(value).__name__
 
 
 def equality_key(value: Any) -> Hashable:
@@ -102,7 +77,7 @@ def cel_compare(left: Any, right: Any, function: str) -> int:
     """-1, 0 or 1 as CEL's `<` orders values; ValueError for values CEL cannot order against each other."""
     kind = _order_kind(left)
     if kind is None or kind != _order_kind(right):
-        raise ValueError(f"{function}: cannot compare {type_name(left)} with {type_name(right)}")
+        raise ValueError(f"{function}: cannot compare {cel_type_name(left)} with {cel_type_name(right)}")
     a, b = (bytes(left), bytes(right)) if kind == "bytes" else (left, right)
     return (a > b) - (a < b)
 
@@ -135,7 +110,7 @@ def _check_int(total: int, unsigned: bool) -> int:
 def _sum(items: list[Any]) -> int | float:
     if not items:
         return 0
-    names = {type_name(item) for item in items}
+    names = {cel_type_name(item) for item in items}
     if names == {"int"}:
         unsigned = any(item > _INT64_MAX for item in items)  # only a uint can be that large
         total = 0
@@ -157,7 +132,7 @@ def _extreme(items: list[Any], name: str, prefer: int) -> Any:
         raise ValueError(f"{name} called on empty list")
     result = items[0]
     if _order_kind(result) is None:
-        raise ValueError(f"{name}: {type_name(result)} values cannot be ordered")
+        raise ValueError(f"{name}: {cel_type_name(result)} values cannot be ordered")
     for item in items[1:]:
         if cel_compare(item, result, name) == prefer:
             result = item
@@ -230,8 +205,8 @@ def _slice(items: list[Any], start: int, end: int) -> list[Any]:
 def _sort(items: list[Any]) -> list[Any]:
     if not items:
         return []
-    first = type_name(items[0])
-    if any(type_name(item) != first for item in items):
+    first = cel_type_name(items[0])
+    if any(cel_type_name(item) != first for item in items):
         raise ValueError("list elements must have the same type")
     if _order_kind(items[0]) is None:
         raise ValueError(f"sort: {first} values cannot be ordered")

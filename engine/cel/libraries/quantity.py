@@ -13,7 +13,7 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from engine.cel.libraries import Library, cel, opaque, opaque_type
+from engine.cel.libraries import Library, cel, cel_type_name, opaque, opaque_type
 
 TYPE_NAME = "quantity"
 
@@ -147,26 +147,7 @@ def nanos_of(value: Any, function: str) -> int:
 
 def describe(value: Any) -> str:
     """CEL-ish name of a value's type, for error messages."""
-    name = opaque_type(value)
-    if name is not None:
-        return name
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (bytes, bytearray)):
-        return "bytes"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "map"
-    if value is None:
-        return "null_type"
-    return type(value).__name__
+    return cel_type_name(value)
 
 
 def compare(left: Any, right: Any, function: str) -> int:

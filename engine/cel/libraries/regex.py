@@ -1,18 +1,18 @@
 """Kubernetes' CEL regex library (`find`, `findAll`; k8s.io/apiserver/pkg/cel/library/regex.go).
 
-The C++ runtime's `matches()` uses RE2, but `find`/`findAll` are implemented here with Python's `re`, whose
-syntax and semantics differ from RE2's. `translate` rewrites an RE2 pattern into an equivalent Python one
-where the two disagree (`\\z`, `$` at end of text, ASCII-only `\\d \\w \\s \\b`, POSIX classes, `\\Q...\\E`,
-`\\x{...}`, `(?<name>...)`) and rejects what RE2 rejects (look-arounds, back-references), so that a policy
-matches the same text as in Kubernetes. Compiled patterns are cached; pattern and subject sizes are bounded
-because Python's backtracking engine, unlike RE2, is not linear-time.
+Patterns are compiled with RE2 (the `google-re2` package), the engine behind Go's `regexp` and the C++
+runtime's `matches()`, so `find`/`findAll` accept the same syntax as Kubernetes (`\\p{..}`, POSIX classes,
+`\\Q...\\E`, mid-pattern flags such as `(?i)`) and run in time linear in the subject: a pathological pattern
+such as `(a|a)*b` cannot stall the admission path. What RE2 rejects (look-arounds, back-references) is
+reported with Go's wording and the offending pattern. Compiled patterns are cached in a bounded LRU cache.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
+
+import re2
 
 from engine.cel.libraries import Library, cel
 
@@ -20,150 +20,85 @@ MAX_PATTERN_LENGTH = 2048
 MAX_SUBJECT_LENGTH = 1 << 20
 """Longest string `find`/`findAll` search (1 MiB)."""
 
-_POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "ascii": "\\x00-\\x7f",
-    "blank": "\\t ",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "space": "\\t\\n\\v\\f\\r ",
-    "upper": "A-Z",
-    "word": "0-9A-Za-z_",
-    "xdigit": "0-9A-Fa-f",
+PATTERN_CACHE_SIZE = 256
+"""Most compiled patterns kept by `compile_pattern`."""
+
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False  # errors are raised as RegexError, not logged to stderr by the C++ library
+
+# RE2's (C++) error texts and Go's regexp/syntax wording for the same error codes.
+_GO_ERRORS = {
+    "invalid escape sequence": "invalid escape sequence",
+    "invalid character class": "invalid character class",
+    "invalid character class range": "invalid character class range",
+    "missing ]": "missing closing ]",
+    "missing )": "missing closing )",
+    "unexpected )": "unexpected )",
+    "trailing \\": "trailing backslash at end of expression",
+    "no argument for repetition operator": "missing argument to repetition operator",
+    "invalid repetition size": "invalid repeat count",
+    "bad repetition operator": "invalid nested repetition operator",
+    "invalid perl operator": "invalid or unsupported Perl syntax",
+    "invalid UTF-8": "invalid UTF-8",
+    "invalid named capture group": "invalid named capture",
+    "pattern too large - compile failed": "expression too large",
+    "pattern too large - reverse compile failed": "expression too large",
 }
-_PERL_IN_CLASS = {"d": "0-9", "w": "0-9A-Za-z_", "s": "\\t\\n\\f\\r "}
-_PERL_OUTSIDE = {
-    "d": "[0-9]",
-    "D": "[^0-9]",
-    "w": "[0-9A-Za-z_]",
-    "W": "[^0-9A-Za-z_]",
-    "s": "[\\t\\n\\f\\r ]",
-    "S": "[^\\t\\n\\f\\r ]",
-    "b": "(?a:\\b)",
-    "B": "(?a:\\B)",
-    "z": "\\Z",
-    "A": "\\A",
-}
-_MULTILINE_FLAG = re.compile(r"\(\?[a-zA-Z]*m")
+_LOOK_AROUNDS = ("(?=", "(?!", "(?<=", "(?<!")
 
 
 class RegexError(ValueError):
-    """A pattern RE2 would reject, or one this module cannot translate faithfully."""
+    """A pattern RE2 (and therefore Kubernetes) rejects."""
 
 
-def _hex_escape(code: int) -> str:
-    return re.escape(chr(code))
-
-
-def _translate_escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
-    """Translate the escape starting at pattern[i] == '\\'; return (python text, next index)."""
-    if i + 1 >= len(pattern):
-        raise RegexError("trailing backslash at end of expression")
-    c = pattern[i + 1]
-    if c == "Q":
-        end = pattern.find("\\E", i + 2)
-        literal = pattern[i + 2 :] if end < 0 else pattern[i + 2 : end]
-        return "".join(re.escape(ch) for ch in literal), len(pattern) if end < 0 else end + 2
-    if c == "x" and i + 2 < len(pattern) and pattern[i + 2] == "{":
-        end = pattern.find("}", i + 3)
-        digits = pattern[i + 3 : end] if end > 0 else ""
-        if not digits or any(ch not in "0123456789abcdefABCDEF" for ch in digits) or int(digits, 16) > 0x10FFFF:
-            raise RegexError(f"invalid escape sequence: `{pattern[i : end + 1 if end > 0 else i + 3]}`")
-        return _hex_escape(int(digits, 16)), end + 1
-    if c.isdigit() and c != "0":
-        raise RegexError(f"invalid escape sequence: `\\{c}` (RE2 has no back-references)")
-    if c in "pP":
-        raise RegexError(f"unsupported Unicode class escape `\\{c}` in find/findAll")
-    if in_class and c in _PERL_IN_CLASS:
-        return _PERL_IN_CLASS[c], i + 2
-    if not in_class and c in _PERL_OUTSIDE:
-        return _PERL_OUTSIDE[c], i + 2
-    if c == "Z":
-        raise RegexError("invalid escape sequence: `\\Z`")
-    return pattern[i : i + 2], i + 2
-
-
-def _translate_class(pattern: str, i: int) -> tuple[str, int]:
-    """Translate the character class opening at pattern[i] == '['."""
-    out = ["["]
-    i += 1
-    if i < len(pattern) and pattern[i] == "^":
-        out.append("^")
-        i += 1
-    if i < len(pattern) and pattern[i] == "]":
-        out.append("\\]")
-        i += 1
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "]":
-            out.append("]")
-            return "".join(out), i + 1
-        if c == "[" and pattern.startswith("[:", i):
-            end = pattern.find(":]", i + 2)
-            name = pattern[i + 2 : end] if end > 0 else ""
-            if name not in _POSIX_CLASSES:
-                raise RegexError(f"invalid character class range: `{pattern[i : end + 2 if end > 0 else i + 2]}`")
-            out.append(_POSIX_CLASSES[name])
-            i = end + 2
-        elif c == "\\":
-            text, i = _translate_escape(pattern, i, in_class=True)
-            out.append(text)
-        elif c in "[&~|" or (c == "-" and pattern.startswith("--", i)):
-            out.append("\\" + c)  # literal in RE2; Python would warn about future set operations
-            i += 1
-        else:
-            out.append(c)
-            i += 1
-    raise RegexError(f"missing closing ]: `{pattern}`")
-
-
-def translate(pattern: str) -> str:
-    """Rewrite an RE2 pattern into a Python `re` pattern with the same meaning."""
-    multiline = _MULTILINE_FLAG.search(pattern) is not None
-    out: list[str] = []
+def _reject_byte_escape(pattern: str) -> None:
+    """Reject `\\C` (any byte): C++ RE2 accepts it, Go's regexp does not."""
     i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\":
-            text, i = _translate_escape(pattern, i, in_class=False)
-            out.append(text)
-        elif c == "[":
-            text, i = _translate_class(pattern, i)
-            out.append(text)
-        elif c == "(" and pattern.startswith("(?", i):
-            if pattern.startswith(("(?=", "(?!", "(?<=", "(?<!", "(?P="), i):
-                raise RegexError(f"invalid or unsupported Perl syntax: `{pattern[i : i + 3]}`")
-            if pattern.startswith("(?<", i):
-                out.append("(?P<")
-                i += 3
-            else:
-                out.append("(?")
-                i += 2
-        elif c == "$" and not multiline:
-            out.append("\\Z")  # RE2's $ without (?m) matches only at the very end of the text
+    while i < len(pattern) - 1:
+        if pattern[i] != "\\":
             i += 1
+        elif pattern[i + 1] == "Q":
+            end = pattern.find("\\E", i + 2)
+            i = len(pattern) if end < 0 else end + 2
+        elif pattern[i + 1] == "C":
+            raise RegexError(f"error parsing regexp: invalid escape sequence: `\\C` in `{pattern}`")
         else:
-            out.append(c)
-            i += 1
-    return "".join(out)
+            i += 2
 
 
-@functools.lru_cache(maxsize=256)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile an RE2 pattern (cached); raise ValueError with Go's wording on a bad pattern."""
+def _is_back_reference(code: str, argument: str, pattern: str) -> bool:
+    if code == "invalid escape sequence":
+        return argument[1:2].isdigit()  # `\1`; octal escapes (`\0`, `\12`) are accepted by RE2 and Go
+    return code == "invalid perl operator" and argument == "(?P" and "(?P=" in pattern
+
+
+def _error_message(error: Exception, pattern: str) -> str:
+    """Go's wording for an RE2 compile error, naming the pattern and explaining RE2-only restrictions."""
+    raw = error.args[0] if error.args else ""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    code, _, argument = text.partition(": ")
+    message = f"error parsing regexp: {_GO_ERRORS.get(code, code)}"
+    if argument:
+        message += f": `{argument}`"
+    if code == "invalid perl operator" and argument.startswith(_LOOK_AROUNDS):
+        message += " (look-ahead and look-behind assertions are not supported by RE2)"
+    elif _is_back_reference(code, argument, pattern):
+        message += " (back-references are not supported by RE2)"
+    if argument != pattern:
+        message += f" in `{pattern}`"
+    return message
+
+
+@functools.lru_cache(maxsize=PATTERN_CACHE_SIZE)
+def compile_pattern(pattern: str) -> Any:
+    """Compile an RE2 pattern (cached); raise RegexError with Go's wording on a bad pattern."""
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise RegexError(f"error parsing regexp: pattern longer than {MAX_PATTERN_LENGTH} characters")
+    _reject_byte_escape(pattern)
     try:
-        return re.compile(translate(pattern))
-    except RegexError as error:
-        raise RegexError(f"error parsing regexp: {error}") from None
-    except re.error as error:
-        raise RegexError(f"error parsing regexp: {error.msg}: `{pattern}`") from None
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as error:
+        raise RegexError(_error_message(error, pattern)) from None
 
 
 def _subject(text: str) -> str:
@@ -174,7 +109,7 @@ def _subject(text: str) -> str:
 
 def _find(text: str, pattern: str) -> str:
     match = compile_pattern(pattern).search(_subject(text))
-    return match.group(0) if match else ""
+    return str(match.group(0)) if match else ""
 
 
 def _find_all_limited(text: str, pattern: str, limit: int) -> list[str]:
@@ -184,10 +119,10 @@ def _find_all_limited(text: str, pattern: str, limit: int) -> list[str]:
     found: list[str] = []
     previous_end = -1
     for match in compiled.finditer(_subject(text)):
-        # Go skips an empty match right after the previous match (Python reports it).
+        # Go skips an empty match right after the previous match (the re2 module, like `re`, reports it).
         if match.start() == match.end() == previous_end:
             continue
-        found.append(match.group(0))
+        found.append(str(match.group(0)))
         previous_end = match.end()
         if 0 < limit <= len(found):
             break

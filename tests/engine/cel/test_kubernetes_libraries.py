@@ -15,7 +15,7 @@ from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_option
 
 from engine.cel.libraries import OPAQUE_TYPE_KEY
 from engine.cel.libraries.kubernetes import LIBRARIES, LIBRARY
-from engine.cel.libraries.regex import translate
+from engine.cel.libraries.regex import PATTERN_CACHE_SIZE, compile_pattern
 
 
 class Error:
@@ -250,8 +250,22 @@ REGEX = {
     "named-group": ("'key=value'.find('(?<k>[a-z]+)=')", "key="),
     "case-insensitive": ("'ABC'.find('(?i)b')", "B"),
     "invalid-regex": ("'abc'.find('(')", Error("error parsing regexp")),
-    "lookahead-rejected": ("'abc'.find('a(?=b)')", Error("error parsing regexp")),
-    "backreference-rejected": ("'aa'.find('(a)\\\\1')", Error("error parsing regexp")),
+    "unicode-letter-class": ("'héllo wörld 42'.findAll('\\\\p{L}+')", ["héllo", "wörld"]),
+    "unicode-negated-class": ("'ab12cd'.find('\\\\P{L}+')", "12"),
+    "mid-pattern-flag": ("'fooBAR FOObar'.find('foo(?i)bar')", "fooBAR"),
+    "scoped-flag-group": ("'xABC xAbc'.find('x(?i:a)bc')", "xAbc"),
+    "pathological-no-match": (f"'{'a' * 5000}b'.find('(a|a)*c')", ""),
+    "pathological-match": (f"'{'a' * 5000}b'.find('(a|a)*b').size()", 5001),
+    "pathological-find-all": (f"'{'a' * 5000}b'.findAll('(a|a)*c')", []),
+    "invalid-regex-go-wording": ("'abc'.find('(')", Error("error parsing regexp: missing closing ): `(`")),
+    "lookahead-rejected": ("'abc'.find('a(?=b)')", Error("error parsing regexp: invalid or unsupported Perl syntax")),
+    "lookahead-rejected-explained": ("'abc'.find('a(?=b)')", Error("look-ahead and look-behind assertions")),
+    "lookahead-rejected-names-pattern": ("'abc'.find('a(?=b)')", Error("in `a(?=b)`")),
+    "lookbehind-rejected": ("'abc'.find('(?<!a)b')", Error("are not supported by RE2) in `(?<!a)b`")),
+    "backreference-rejected": ("'aa'.find('(a)\\\\1')", Error("error parsing regexp: invalid escape sequence")),
+    "backreference-rejected-explained": ("'aa'.find('(a)\\\\1')", Error("back-references are not supported")),
+    "byte-escape-rejected": ("'a'.find('\\\\C')", Error("invalid escape sequence: `\\C`")),
+    "bad-repeat-count": ("'a'.find('a{1001}')", Error("invalid repeat count")),
     "pattern-too-long": (f"'a'.find('{'a' * 3000}')", Error("pattern longer than")),
 }
 
@@ -477,28 +491,9 @@ def test_every_function_name_is_declared_once() -> None:
     assert len(names) == len({id(decl) for decl in names})
 
 
-@pytest.mark.parametrize(
-    ("pattern", "python"),
-    [
-        ("\\d", "[0-9]"),
-        ("[\\d-]", "[0-9-]"),
-        ("a$", "a\\Z"),
-        ("(?m)a$", "(?m)a$"),
-        ("[[:alpha:]]", "[A-Za-z]"),
-        ("(?<n>a)", "(?P<n>a)"),
-        ("\\bx", "(?a:\\b)x"),
-        ("[a&&b]", "[a\\&\\&b]"),
-    ],
-    ids=[
-        "digit",
-        "digit-in-class",
-        "dollar",
-        "multiline-dollar",
-        "posix",
-        "named-group",
-        "word-boundary",
-        "set-ops",
-    ],
-)
-def test_re2_translation(pattern: str, python: str) -> None:
-    assert translate(pattern) == python
+def test_compiled_pattern_cache_is_bounded() -> None:
+    for n in range(PATTERN_CACHE_SIZE + 10):
+        compile_pattern(f"x{n}")
+    info = compile_pattern.cache_info()
+    assert info.maxsize == PATTERN_CACHE_SIZE
+    assert info.currsize <= PATTERN_CACHE_SIZE
