@@ -15,7 +15,8 @@ install: $(BIN)/celvern
 
 ## demo: apply the bundled example policies to the bundled resources (shows passes and a failure)
 demo: install
-	-$(BIN)/celvern apply examples/policies --resource examples/resources
+	@$(BIN)/celvern apply examples/policies --resource examples/resources; \
+	  echo "(celvern apply exited $$?: 1 means a resource failed a policy, which this demo shows on purpose)"
 	$(BIN)/celvern test examples/tests
 
 ## lint: ruff, formatting, mypy --strict and the import-layering contracts
