@@ -12,7 +12,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from engine.model import MatchResources, NamedExpression, ResourceRule, ValidatingPolicy
+from engine.model import (
+    APPLY_CONFIGURATION,
+    MatchResources,
+    MutatingPolicy,
+    NamedExpression,
+    ResourceRule,
+    ValidatingPolicy,
+)
 
 DEFAULTS = "defaults"
 CRONJOBS = "cronjobs"
@@ -125,21 +132,29 @@ def _match_conditions(
     return tuple(NamedExpression(f"{prefix}-{c.name}", f"!({guard}) || ({c.expression})", c.path) for c in conditions)
 
 
-def variants(policy: ValidatingPolicy) -> list[tuple[str, ValidatingPolicy]]:
-    """The autogen variants of a policy as (variant name, policy) pairs; empty when not eligible."""
-    if not eligible(policy.match_constraints):
-        return []
-    assert policy.match_constraints is not None
-    wanted = policy.autogen_controllers if policy.autogen_controllers is not None else tuple(TARGETS)
+def _groups(controllers: tuple[str, ...] | None) -> dict[str, list[Target]]:
+    """Targets grouped by replacement set, in a stable order."""
+    wanted = controllers if controllers is not None else tuple(TARGETS)
     groups: dict[str, list[Target]] = {}
     for name in wanted:
         target = TARGETS.get(name)
         if target is not None:
             groups.setdefault(target.replacements, []).append(target)
+    return {key: groups[key] for key in sorted(groups)}
+
+
+def _prefix(replacements: str) -> str:
+    return "autogen" if replacements == DEFAULTS else f"autogen-{replacements}"
+
+
+def variants(policy: ValidatingPolicy) -> list[tuple[str, ValidatingPolicy]]:
+    """The autogen variants of a ValidatingPolicy as (variant name, policy) pairs; empty when not eligible."""
+    if not eligible(policy.match_constraints):
+        return []
+    assert policy.match_constraints is not None
     result = []
-    for replacements in sorted(groups):
-        targets = groups[replacements]
-        prefix = "autogen" if replacements == DEFAULTS else f"autogen-{replacements}"
+    for replacements, targets in _groups(policy.autogen_controllers).items():
+        prefix = _prefix(replacements)
 
         def text(value: str, replacements: str = replacements) -> str:
             return rewrite_text(value, replacements)
@@ -164,4 +179,69 @@ def variants(policy: ValidatingPolicy) -> list[tuple[str, ValidatingPolicy]]:
             ),
         )
         result.append((prefix, variant))
+    return result
+
+
+# MutatingPolicy autogen (Kyverno `mpol/autogen`): only matchConditions and ApplyConfiguration expressions are
+# rewritten, by plain substitution, and a root `Object{...}` literal is wrapped into the pod template.
+_MUTATION_PATHS = {
+    DEFAULTS: ("spec.template.spec", "spec.template.metadata"),
+    CRONJOBS: ("spec.jobTemplate.spec.template.spec", "spec.jobTemplate.spec.template.metadata"),
+}
+_OBJECT_WRAPPERS = {
+    DEFAULTS: ("Object{spec: Object.spec{template: Object.spec.template{", "}}}"),
+    CRONJOBS: (
+        "Object{spec: Object.spec{jobTemplate: Object.spec.jobTemplate{spec: Object.spec.jobTemplate.spec{"
+        "template: Object.spec.jobTemplate.spec.template{",
+        "}}}}}",
+    ),
+}
+
+
+def rewrite_mutation_text(expression: str, replacements: str) -> str:
+    """Kyverno's `convertPodToTemplateExpression` for one replacement set."""
+    spec_path, metadata_path = _MUTATION_PATHS[replacements]
+    for root in ("object", "Object"):
+        expression = expression.replace(f"{root}.spec", f"{root}.{spec_path}")
+    for root in ("object", "Object"):
+        for field in ("labels", "annotations"):
+            expression = expression.replace(f"{root}.metadata.{field}", f"{root}.{metadata_path}.{field}")
+    stripped = expression.strip()
+    if not stripped.startswith("Object{"):
+        return expression
+    content = stripped[len("Object{") :]
+    depth = 1
+    for index, char in enumerate(content):
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                opening, closing = _OBJECT_WRAPPERS[replacements]
+                return opening + content[:index] + closing + content[index + 1 :]
+    return expression
+
+
+def mutating_variants(policy: MutatingPolicy) -> list[tuple[str, MutatingPolicy]]:
+    """The autogen variants of a MutatingPolicy; JSONPatch mutations and variables are not rewritten."""
+    if not eligible(policy.match_constraints):
+        return []
+    assert policy.match_constraints is not None
+    result = []
+    for replacements, targets in _groups(policy.autogen_controllers).items():
+        variant = dataclasses.replace(
+            policy,
+            match_constraints=_match_constraints(targets, policy.match_constraints),
+            match_conditions=tuple(
+                dataclasses.replace(c, expression=rewrite_mutation_text(c.expression, replacements))
+                for c in policy.match_conditions
+            ),
+            mutations=tuple(
+                dataclasses.replace(m, expression=rewrite_mutation_text(m.expression, replacements))
+                if m.patch_type == APPLY_CONFIGURATION
+                else m
+                for m in policy.mutations
+            ),
+        )
+        result.append((_prefix(replacements), variant))
     return result

@@ -14,11 +14,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from engine import autogen
-from engine.cel.environment import Environment, Program, VariableDefinition, validating_environment
+from engine.cel.environment import (
+    Environment,
+    Program,
+    VariableDefinition,
+    mutating_environment,
+    validating_environment,
+)
 from engine.errors import PolicyCompileError
 from engine.matching import candidate_resources
 from engine.model import (
     MatchResources,
+    MutatingPolicy,
     NamedExpression,
     PolicyException,
     ValidatingPolicy,
@@ -75,6 +82,10 @@ class CompiledValidatingPolicy:
         return self.source.kind
 
     @property
+    def namespace(self) -> str | None:
+        return self.source.metadata.namespace if self.source.namespaced else None
+
+    @property
     def json_mode(self) -> bool:
         return self.source.evaluation_mode == "JSON"
 
@@ -102,9 +113,10 @@ class CompiledException:
         return any(ref.name == name and ref.kind == kind for ref in self.source.policy_refs)
 
 
-def policy_ref(policy: ValidatingPolicy) -> PolicyRef:
+def policy_ref(policy: ValidatingPolicy | MutatingPolicy) -> PolicyRef:
     """The report-facing identity of a policy, with severity/category from its annotations."""
     annotations = policy.metadata.annotations
+    actions = policy.validation_actions if isinstance(policy, ValidatingPolicy) else ()
     return PolicyRef(
         kind=policy.kind,
         name=policy.metadata.name,
@@ -112,14 +124,14 @@ def policy_ref(policy: ValidatingPolicy) -> PolicyRef:
         severity=annotations.get(SEVERITY, ""),
         category=annotations.get(CATEGORY, ""),
         scored=annotations.get(SCORED, "true").lower() != "false",
-        validation_actions=policy.validation_actions,
+        validation_actions=actions,
         failure_policy=policy.failure_policy,
     )
 
 
 def _compile(
     env: Environment,
-    policy: ValidatingPolicy,
+    policy: ValidatingPolicy | MutatingPolicy,
     expression: str,
     path: str,
     variables: tuple[VariableDefinition, ...] = (),
@@ -128,7 +140,7 @@ def _compile(
 
 
 def _compile_variables(
-    env: Environment, policy: ValidatingPolicy, variables: Iterable[NamedExpression]
+    env: Environment, policy: ValidatingPolicy | MutatingPolicy, variables: Iterable[NamedExpression]
 ) -> tuple[dict[str, CompiledVariable], tuple[VariableDefinition, ...]]:
     """Compile variables in order; each may use only those declared before it."""
     compiled: dict[str, CompiledVariable] = {}
@@ -201,3 +213,78 @@ def compile_exception(exception: PolicyException) -> CompiledException:
     except PolicyCompileError as error:
         return CompiledException(exception, error=error)
     return CompiledException(exception, conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMutation:
+    index: int
+    patch_type: str
+    program: Program
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledMutatingPolicy:
+    """A MutatingPolicy (or one of its autogen variants) ready to evaluate."""
+
+    source: MutatingPolicy
+    ref: PolicyRef
+    variant: str
+    match_constraints: MatchResources | None
+    match_conditions: tuple[tuple[str, Program], ...] = ()
+    variables: Mapping[str, CompiledVariable] = field(default_factory=dict)
+    mutations: tuple[CompiledMutation, ...] = ()
+    audit_annotations: tuple[tuple[str, Program], ...] = ()
+    error: PolicyCompileError | None = None
+    resources: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def namespace(self) -> str | None:
+        return self.source.metadata.namespace if self.source.namespaced else None
+
+
+def _compile_mutating(policy: MutatingPolicy, variant: str, env: Environment) -> CompiledMutatingPolicy:
+    ref = policy_ref(policy)
+    try:
+        variables, scope = _compile_variables(env, policy, policy.variables)
+        conditions = tuple(
+            (c.name, _compile(env, policy, c.expression, c.path, scope)) for c in policy.match_conditions
+        )
+        mutations = tuple(
+            CompiledMutation(index, m.patch_type, _compile(env, policy, m.expression, m.path, scope))
+            for index, m in enumerate(policy.mutations)
+        )
+        annotations = tuple(
+            (a.key, _compile(env, policy, a.value_expression, a.path, scope)) for a in policy.audit_annotations
+        )
+    except PolicyCompileError as error:
+        return CompiledMutatingPolicy(policy, ref, variant, policy.match_constraints, error=error)
+    return CompiledMutatingPolicy(
+        source=policy,
+        ref=ref,
+        variant=variant,
+        match_constraints=policy.match_constraints,
+        match_conditions=conditions,
+        variables=variables,
+        mutations=mutations,
+        audit_annotations=annotations,
+    )
+
+
+def compile_mutating_policy(policy: MutatingPolicy) -> tuple[CompiledMutatingPolicy, ...]:
+    """The compiled MutatingPolicy followed by its compiled autogen variants."""
+    env = mutating_environment()
+    compiled = [_compile_mutating(policy, "", env)]
+    if compiled[0].error is None:
+        compiled.extend(_compile_mutating(variant, name, env) for name, variant in autogen.mutating_variants(policy))
+    return tuple(compiled)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from engine.cel import services as cel_services
 from engine.cel.environment import (
@@ -24,9 +25,11 @@ from engine.cel.environment import (
     Environment,
     Program,
 )
-from engine.matching import NamespaceLabels
+from engine.compiler import CompiledException
+from engine.matching import MatchError, NamespaceLabels, matches
+from engine.model import MatchResources
 from engine.request import AdmissionRequest
-from engine.results import ResourceKey
+from engine.results import ResourceKey, RuleResult, Status
 
 DEFAULT_TIME_BUDGET = 1.0
 """Seconds one policy evaluation may take before its remaining expressions are refused."""
@@ -107,3 +110,115 @@ NO_EXCEPTIONS: Mapping[str, list[str]] = {"allowedImages": [], "allowedValues": 
 def evaluate_in(services: cel_services.Services) -> Any:
     """Context manager that installs the services library functions may use during evaluation."""
     return cel_services.use(services)
+
+
+def properties(**values: str) -> MappingProxyType[str, str]:
+    """Immutable result properties."""
+    return MappingProxyType(dict(values))
+
+
+class Selectable(Protocol):
+    """What `select` needs of a compiled policy of any family."""
+
+    @property
+    def resources(self) -> frozenset[str] | None: ...
+
+    @property
+    def match_constraints(self) -> MatchResources | None: ...
+
+    @property
+    def namespace(self) -> str | None:
+        """The policy's namespace for namespaced kinds, None for cluster-wide policies."""
+
+
+def select(policy: Selectable, context: EvaluationContext) -> bool | RuleResult:
+    """Whether the request falls under the policy's matchConstraints; an error result when undecidable.
+
+    A quick look-up of the request's resource among the policy's candidate resources rejects most policies
+    before any selector is examined. A namespaced policy sees only requests in its own namespace.
+    """
+    request = context.request
+    if request is None:
+        return True
+    if policy.resources is not None and request.resource.resource not in policy.resources:
+        return False
+    if policy.namespace is not None and request.namespace != policy.namespace:
+        return False
+    try:
+        return matches(policy.match_constraints, request, context.namespace)
+    except MatchError as error:
+        return RuleResult(Status.ERROR, f"failed to execute matching: {error}")
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionDecision:
+    """What PolicyExceptions decided: a final result (full exemption or error), or the activation to use."""
+
+    result: RuleResult | None = None
+    activation: Any = None
+    """An activation binding `exceptions` from partial exceptions; None to use the session's own."""
+
+
+def exception_label(exception: CompiledException) -> str:
+    return f"{exception.namespace}/{exception.name}" if exception.namespace else exception.name
+
+
+def _all_true(session: Session, programs: Iterable[Program]) -> bool | CelError:
+    for program in programs:
+        value = session.evaluate(program)
+        if isinstance(value, CelError):
+            return value
+        if value is not True:
+            return (
+                False
+                if isinstance(value, bool)
+                else CelError(f"matchCondition must return bool, got {type(value).__name__}")
+            )
+    return True
+
+
+def decide_exceptions(
+    kind: str, name: str, context: EvaluationContext, exceptions: Sequence[CompiledException], session: Session
+) -> ExceptionDecision:
+    """Apply the PolicyExceptions that target policy `kind`/`name` (kyverno-cel-spec.md 1.7 and 3.1)."""
+    applicable = [e for e in exceptions if e.applies_to(kind, name, context.now)]
+    if not applicable:
+        return ExceptionDecision()
+    images: list[str] = []
+    values: list[str] = []
+    full: list[CompiledException] = []
+    for exception in applicable:
+        if exception.error is not None:
+            if full:
+                continue
+            message = f"policy exception {exception_label(exception)} failed to compile: {exception.error}"
+            return ExceptionDecision(RuleResult(Status.ERROR, message, rule="exception"))
+        outcome = _all_true(session, (program for _, program in exception.match_conditions))
+        if isinstance(outcome, CelError):
+            if full:
+                continue
+            message = f"failed to evaluate policy exception {exception_label(exception)}: {outcome.message}"
+            return ExceptionDecision(RuleResult(Status.ERROR, message, rule="exception"))
+        if not outcome:
+            continue
+        if exception.source.partial:
+            images.extend(exception.source.images)
+            values.extend(exception.source.allowed_values)
+        else:
+            full.append(exception)
+    if full:
+        decider = max(full, key=lambda e: e.source.priority)
+        status = Status.PASS if decider.source.report_result == "pass" else Status.SKIP
+        verb = "passed" if status is Status.PASS else "skipped"
+        labels = ", ".join(exception_label(e) for e in full)
+        return ExceptionDecision(
+            RuleResult(
+                status,
+                f"rule is {verb} due to policy exception: {labels}",
+                rule="exception",
+                properties=properties(exceptions=",".join(e.name for e in full)),
+            )
+        )
+    if images or values:
+        return ExceptionDecision(activation=session.with_exceptions(images, values))
+    return ExceptionDecision()

@@ -230,6 +230,50 @@ class ValidatingPolicy:
         return self.metadata.name
 
 
+APPLY_CONFIGURATION = "ApplyConfiguration"
+JSON_PATCH = "JSONPatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One entry of `spec.mutations`: an ApplyConfiguration or a JSONPatch expression."""
+
+    patch_type: str
+    expression: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MutatingPolicy:
+    """A MutatingPolicy or NamespacedMutatingPolicy, as written (before autogen and compilation)."""
+
+    kind: str
+    api_version: str
+    metadata: Metadata
+    match_constraints: MatchResources | None
+    match_conditions: tuple[NamedExpression, ...]
+    variables: tuple[NamedExpression, ...]
+    mutations: tuple[Mutation, ...]
+    audit_annotations: tuple[AuditAnnotation, ...]
+    failure_policy: str
+    reinvocation_policy: str
+    evaluation_mode: str
+    admission_enabled: bool
+    background_enabled: bool
+    mutate_existing: bool
+    """`spec.evaluation.mutateExisting.enabled`: mutate existing targets (not evaluated by this version)."""
+    autogen_controllers: tuple[str, ...] | None
+    document: Document
+
+    @property
+    def namespaced(self) -> bool:
+        return self.kind.startswith("Namespaced")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyRefSpec:
     name: str
@@ -340,6 +384,26 @@ def _check_api_version(document: Document, kind: str) -> str:
     return str(api_version)
 
 
+def _audit_annotations(spec: Reader) -> tuple[AuditAnnotation, ...]:
+    return tuple(
+        AuditAnnotation(
+            item.string("key", required=True),
+            item.string("valueExpression", required=True),
+            f"{item.path}.valueExpression",
+        )
+        for item in spec.items("auditAnnotations")
+    )
+
+
+def _autogen_controllers(spec: Reader) -> tuple[str, ...] | None:
+    autogen = spec.mapping("autogen").mapping("podControllers")
+    return autogen.strings("controllers") if "controllers" in autogen.raw else None
+
+
+def _match_constraints(spec: Reader, key: str = "matchConstraints") -> MatchResources | None:
+    return parse_match_resources(spec.mapping(key)) if spec.raw.get(key) is not None else None
+
+
 def parse_validating_policy(document: Document) -> ValidatingPolicy:
     """Parse and schema-check a (Namespaced)ValidatingPolicy document."""
     kind = str(document.data.get("kind"))
@@ -348,8 +412,7 @@ def parse_validating_policy(document: Document) -> ValidatingPolicy:
     namespaced = kind.startswith("Namespaced")
     metadata = _metadata(reader, namespaced=namespaced)
     spec = reader.mapping("spec", required=True)
-    match_raw = spec.raw.get("matchConstraints")
-    match_constraints = parse_match_resources(spec.mapping("matchConstraints")) if match_raw is not None else None
+    match_constraints = _match_constraints(spec)
     validations = []
     for item in spec.items("validations"):
         validations.append(
@@ -365,15 +428,7 @@ def parse_validating_policy(document: Document) -> ValidatingPolicy:
                 path=f"{item.path}.expression",
             )
         )
-    annotations = []
-    for item in spec.items("auditAnnotations"):
-        annotations.append(
-            AuditAnnotation(
-                item.string("key", required=True),
-                item.string("valueExpression", required=True),
-                f"{item.path}.valueExpression",
-            )
-        )
+    annotations = _audit_annotations(spec)
     if not validations and not annotations:
         raise spec.fail("validations and auditAnnotations may not both be empty", "validations")
     actions_raw = spec.strings("validationActions")
@@ -389,8 +444,6 @@ def parse_validating_policy(document: Document) -> ValidatingPolicy:
     if Action.DENY in actions and Action.WARN in actions:
         raise spec.fail("Deny and Warn may not be used together", "validationActions")
     evaluation = spec.mapping("evaluation")
-    autogen = spec.mapping("autogen").mapping("podControllers")
-    controllers = autogen.strings("controllers") if "controllers" in autogen.raw else None
     return ValidatingPolicy(
         kind=kind,
         api_version=api_version,
@@ -405,7 +458,43 @@ def parse_validating_policy(document: Document) -> ValidatingPolicy:
         evaluation_mode=evaluation.choice("mode", frozenset({"Kubernetes", "JSON", "HTTP", "Envoy"}), "Kubernetes"),
         admission_enabled=evaluation.mapping("admission").boolean("enabled", True),
         background_enabled=evaluation.mapping("background").boolean("enabled", True),
-        autogen_controllers=controllers,
+        autogen_controllers=_autogen_controllers(spec),
+        document=document,
+    )
+
+
+def parse_mutating_policy(document: Document) -> MutatingPolicy:
+    """Parse and schema-check a (Namespaced)MutatingPolicy document."""
+    kind = str(document.data.get("kind"))
+    api_version = _check_api_version(document, kind)
+    reader = Reader(document, document.data)
+    metadata = _metadata(reader, namespaced=kind.startswith("Namespaced"))
+    spec = reader.mapping("spec", required=True)
+    mutations = []
+    for item in spec.items("mutations"):
+        patch_type = item.choice("patchType", frozenset({APPLY_CONFIGURATION, JSON_PATCH}), "")
+        if not patch_type:
+            raise item.fail("required field is missing", "patchType")
+        key = "applyConfiguration" if patch_type == APPLY_CONFIGURATION else "jsonPatch"
+        body = item.mapping(key, required=True)
+        mutations.append(Mutation(patch_type, body.string("expression", required=True), f"{body.path}.expression"))
+    evaluation = spec.mapping("evaluation")
+    return MutatingPolicy(
+        kind=kind,
+        api_version=api_version,
+        metadata=metadata,
+        match_constraints=_match_constraints(spec),
+        match_conditions=_named_expressions(spec, "matchConditions", limit=64),
+        variables=_named_expressions(spec, "variables"),
+        mutations=tuple(mutations),
+        audit_annotations=_audit_annotations(spec),
+        failure_policy=spec.choice("failurePolicy", frozenset({"Fail", "Ignore"}), "Fail"),
+        reinvocation_policy=spec.choice("reinvocationPolicy", frozenset({"Never", "IfNeeded"}), "Never"),
+        evaluation_mode=evaluation.choice("mode", frozenset({"Kubernetes", "JSON"}), "Kubernetes"),
+        admission_enabled=evaluation.mapping("admission").boolean("enabled", True),
+        background_enabled=evaluation.mapping("background").boolean("enabled", True),
+        mutate_existing=evaluation.mapping("mutateExisting").boolean("enabled", False),
+        autogen_controllers=_autogen_controllers(spec),
         document=document,
     )
 

@@ -7,14 +7,12 @@ or "exception" when an exception decided it; a policy that does not match gives 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
-from engine.cel.environment import CelError, Program, validating_environment
+from engine.cel.environment import CelError, validating_environment
 from engine.compiler import CompiledException, CompiledValidatingPolicy, CompiledValidation
-from engine.evaluation import EvaluationContext, Session, evaluate_in
-from engine.matching import MatchError, matches
+from engine.evaluation import EvaluationContext, Session, decide_exceptions, evaluate_in, properties, select
 from engine.results import PolicyResponse, RuleResult, Status
 
 SUCCESS = "success"
@@ -31,14 +29,6 @@ def _response(policy: CompiledValidatingPolicy, context: EvaluationContext, *rul
     )
 
 
-def _properties(**values: str) -> MappingProxyType[str, str]:
-    return MappingProxyType(dict(values))
-
-
-def _exception_label(exception: CompiledException) -> str:
-    return f"{exception.namespace}/{exception.name}" if exception.namespace else exception.name
-
-
 def evaluate_validating(
     policy: CompiledValidatingPolicy,
     context: EvaluationContext,
@@ -52,16 +42,9 @@ def evaluate_validating(
     """
     if policy.json_mode != (context.request is None):
         return _response(policy, context)
-    if context.request is not None:
-        if policy.resources is not None and context.request.resource.resource not in policy.resources:
-            return _response(policy, context)
-        if policy.source.namespaced and context.request.namespace != policy.source.metadata.namespace:
-            return _response(policy, context)  # a namespaced policy sees only its own namespace
-        try:
-            if not matches(policy.match_constraints, context.request, context.namespace):
-                return _response(policy, context)
-        except MatchError as error:
-            return _response(policy, context, RuleResult(Status.ERROR, f"failed to execute matching: {error}"))
+    selected = select(policy, context)
+    if selected is not True:
+        return _response(policy, context) if selected is False else _response(policy, context, selected)
     if policy.error is not None:
         status = Status.SKIP if policy.source.failure_policy == "Ignore" else Status.ERROR
         return _response(policy, context, RuleResult(status, f"policy failed to compile: {policy.error}"))
@@ -79,63 +62,11 @@ def _evaluate_matched(
     exceptions: Sequence[CompiledException],
     scope: Session,
 ) -> PolicyResponse:
-    applicable = [e for e in exceptions if e.applies_to(policy.kind, policy.name, context.now)]
-
     # 1. PolicyExceptions, before matchConditions.
-    partial_images: list[str] = []
-    partial_values: list[str] = []
-    full: list[CompiledException] = []
-    if applicable:
-        for exception in applicable:
-            if exception.error is not None:
-                if full:
-                    continue
-                return _response(
-                    policy,
-                    context,
-                    RuleResult(
-                        Status.ERROR,
-                        f"policy exception {_exception_label(exception)} failed to compile: {exception.error}",
-                        rule="exception",
-                    ),
-                )
-            outcome = _all_true(scope, (p for _, p in exception.match_conditions))
-            if isinstance(outcome, CelError):
-                if full:
-                    continue
-                return _response(
-                    policy,
-                    context,
-                    RuleResult(
-                        Status.ERROR,
-                        f"failed to evaluate policy exception {_exception_label(exception)}: {outcome.message}",
-                        rule="exception",
-                    ),
-                )
-            if not outcome:
-                continue
-            if exception.source.partial:
-                partial_images.extend(exception.source.images)
-                partial_values.extend(exception.source.allowed_values)
-            else:
-                full.append(exception)
-        if full:
-            decider = max(full, key=lambda e: e.source.priority)
-            status = Status.PASS if decider.source.report_result == "pass" else Status.SKIP
-            verb = "passed" if status is Status.PASS else "skipped"
-            labels = ", ".join(_exception_label(e) for e in full)
-            return _response(
-                policy,
-                context,
-                RuleResult(
-                    status,
-                    f"rule is {verb} due to policy exception: {labels}",
-                    rule="exception",
-                    properties=_properties(exceptions=",".join(e.name for e in full)),
-                ),
-            )
-
-    activation = scope.with_exceptions(partial_images, partial_values) if partial_images or partial_values else None
+    decision = decide_exceptions(policy.kind, policy.name, context, exceptions, scope)
+    if decision.result is not None:
+        return _response(policy, context, decision.result)
+    activation = decision.activation
     # 2. matchConditions.
     for _, program in policy.match_conditions:
         value = scope.evaluate(program, activation)
@@ -168,14 +99,14 @@ def _evaluate_matched(
             result = RuleResult(
                 Status.ERROR,
                 f"error: {message}",
-                properties=_properties(**{VALIDATION_INDEX: str(validation.index)}),
+                properties=properties(**{VALIDATION_INDEX: str(validation.index)}),
             )
             break
         if not value:
             result = RuleResult(
                 Status.FAIL,
                 _failure_message(scope, validation, activation),
-                properties=_properties(**{VALIDATION_INDEX: str(validation.index)}),
+                properties=properties(**{VALIDATION_INDEX: str(validation.index)}),
             )
             break
     if result is None:
@@ -184,7 +115,7 @@ def _evaluate_matched(
         return _response(policy, context, result)
 
     # 4. auditAnnotations, on pass and fail.
-    properties = dict(result.properties)
+    annotated = dict(result.properties)
     for key, program in policy.audit_annotations:
         value = scope.evaluate(program, activation)
         if isinstance(value, CelError):
@@ -199,22 +130,8 @@ def _evaluate_matched(
             )
         if value is None or value == "":
             continue
-        properties[key] = value if isinstance(value, str) else str(value)
-    return _response(policy, context, RuleResult(result.status, result.message, properties=_properties(**properties)))
-
-
-def _all_true(scope: Session, programs: Iterable[Program]) -> bool | CelError:
-    for program in programs:
-        value = scope.evaluate(program)
-        if isinstance(value, CelError):
-            return value
-        if value is not True:
-            return (
-                False
-                if isinstance(value, bool)
-                else CelError(f"matchCondition must return bool, got {type(value).__name__}")
-            )
-    return True
+        annotated[key] = value if isinstance(value, str) else str(value)
+    return _response(policy, context, RuleResult(result.status, result.message, properties=properties(**annotated)))
 
 
 def _failure_message(scope: Session, validation: CompiledValidation, activation: Any) -> str:
