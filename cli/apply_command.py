@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import click
 
 from cli.inputs import ClusterContext, RequestUser, Values, load_context, load_user_info, load_values
-from cli.output import apply_table, apply_text, console, documents_text, error_text
+from cli.output import apply_table, apply_text, console, documents_text, error_text, write_mutated
 from cli.suite import (
     ApplyOutcome,
     RunInputs,
@@ -30,6 +31,7 @@ from engine.reports import build_reports
 from engine.request import CREATE
 from engine.resources import ResourceMapper
 from engine.results import PolicyResponse
+from engine.schemas import default_schema_index
 
 PROGRESS_THRESHOLD = 200
 """Show a progress bar (on a terminal) when more resources than this are evaluated."""
@@ -115,6 +117,12 @@ def _with_progress(
     help="Output format; json and yaml print policy reports.",
 )
 @click.option("--detailed-results", is_flag=True, help="Add the message column to the table output.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write each mutated resource to DIR/<name>-mutated.yaml.",
+)
 @click.pass_context
 def apply_command(
     ctx: click.Context,
@@ -131,6 +139,7 @@ def apply_command(
     warn_exit_code: int,
     output: str,
     detailed_results: bool,
+    output_dir: str | None,
 ) -> None:
     """Apply POLICIES (files or directories) to resources and print the results."""
     if json_payloads and resources:
@@ -150,7 +159,8 @@ def apply_command(
     values = load_values(values_file) if values_file else Values()
     user = load_user_info(userinfo_file) if userinfo_file else RequestUser()
     context = load_context(context_file) if context_file else ClusterContext()
-    mapper = ResourceMapper.build([*(d.data for d in load_paths(crds)), *context.crds])
+    crd_documents = [*(d.data for d in load_paths(crds)), *context.crds]
+    mapper = ResourceMapper.build(crd_documents)
     inputs = RunInputs(
         policy_set=policy_set,
         subjects=tuple(subjects_of(documents, payloads, mapper=mapper)),
@@ -158,6 +168,7 @@ def apply_command(
         user=user,
         mapper=mapper,
         services=build_services(context, mapper),
+        schemas=default_schema_index().with_crds(crd_documents),
     )
 
     outcome = ApplyOutcome()
@@ -174,6 +185,9 @@ def apply_command(
     else:
         reports = build_reports((response for _, response in outcome.responses), audit_warn=audit_warn)
         click.echo(documents_text(reports, output))
+    if output_dir:
+        for path in write_mutated(outcome, Path(output_dir)):
+            click.echo(f"wrote {path}", err=True)
     ctx.exit(outcome.exit_code(warn_exit_code))
 
 

@@ -85,6 +85,8 @@ class Values:
     namespaces: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """`namespaces[]`: namespace name -> full Namespace object (takes priority over namespaceSelector)."""
     global_values: Mapping[str, Any] = field(default_factory=dict)
+    subresources: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """`subresources[]`: subresource kind (e.g. Binding) -> (parent resource, subresource), e.g. (pods, binding)."""
 
     @property
     def operation(self) -> str | None:
@@ -118,7 +120,14 @@ def parse_values(document: Document, *, path: str = "", check_header: bool = Tru
             f"must be one of {', '.join(sorted(OPERATIONS))}, got {operation!r}",
             f"{prefix}globalValues.{OPERATION_VALUE}",
         )
-    return Values(labels, namespaces, dict(global_values))
+    subresources: dict[str, tuple[str, str]] = {}
+    for item in reader.items("subresources"):
+        sub = item.mapping("subresource", required=True)
+        parent_name, _, sub_name = sub.string("name", required=True).partition("/")
+        if not sub_name:
+            raise sub.fail("expected `<resource>/<subresource>`, e.g. pods/binding", "name")
+        subresources[sub.string("kind", required=True)] = (parent_name, sub_name)
+    return Values(labels, namespaces, dict(global_values), subresources)
 
 
 def load_values(path: str | Path) -> Values:

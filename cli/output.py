@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from cli.suite import JSON_PAYLOAD, ApplyOutcome, Row, Subject, TestFileResult, summarize
 from engine.errors import CelvernError, PolicyCompileError
+from engine.model import MUTATING_KINDS
 from engine.reports import result_status
 from engine.results import PolicyResponse, Status
 
@@ -79,14 +81,53 @@ def apply_text(outcome: ApplyOutcome, *, policies: int, exceptions: int, audit_w
     with_exceptions = f" with {exceptions} exception(s)" if exceptions else ""
     yield ""
     yield f"Applying {policies} policy rule(s) to {outcome.subjects} resource(s){with_exceptions}..."
+    mutated = False
     for subject, response in outcome.responses:
-        yield from _violations(subject, response, audit_warn=audit_warn)
+        if response.policy.kind in MUTATING_KINDS:
+            printed = yield from _mutation(subject, response)
+            mutated = mutated or printed
+    if mutated:
+        yield ""
+        yield "Mutation:"
+        yield "Mutation has been applied successfully."
+    for subject, response in outcome.responses:
+        if response.policy.kind not in MUTATING_KINDS:
+            yield from _violations(subject, response, audit_warn=audit_warn)
     counts = outcome.counts
     yield ""
     yield (
         f"pass: {counts[Status.PASS]}, fail: {counts[Status.FAIL]}, warn: {counts[Status.WARN]}, "
         f"error: {counts[Status.ERROR]}, skip: {counts[Status.SKIP]} "
     )
+
+
+def _mutation(subject: Subject, response: PolicyResponse) -> Generator[str, None, bool]:
+    """Kyverno's block for one mutating policy's response; returns whether a patched resource was printed."""
+    path = subject_path(subject)
+    for rule in response.rules:
+        if rule.status is Status.PASS and response.patched_object is not None:
+            yield ""
+            yield f"policy {response.policy.name} applied to {path}:"
+            yield yaml.safe_dump(_plain(response.patched_object), sort_keys=False).rstrip("\n")
+            yield "---"
+            return True
+        if rule.status is Status.SKIP:
+            yield ""
+            yield f"skipped mutate policy {response.policy.name} -> resource {path}"
+        elif rule.status is Status.ERROR:
+            yield ""
+            yield f"error while applying mutate policy {response.policy.name} -> resource {path}"
+            yield f"error:  {rule.message}"
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (mappings may be read-only views) for YAML output."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _violations(subject: Subject, response: PolicyResponse, *, audit_warn: bool) -> Iterator[str]:
@@ -231,3 +272,23 @@ def error_text(error: CelvernError) -> str:
     if isinstance(error, PolicyCompileError) and error.expression and error.expression not in text:
         text += "\n" + "\n".join(f"    | {line}" for line in error.expression.splitlines())
     return text
+
+
+def write_mutated(outcome: ApplyOutcome, directory: Path) -> list[Path]:
+    """Write each subject's final mutated resource to `directory/<name>-mutated.yaml` (Kyverno's naming; the
+    namespace is prefixed when two resources share a name). Returns the files written."""
+    finals: dict[Subject, Mapping[str, Any]] = {}
+    for subject, response in outcome.responses:
+        if response.policy.kind in MUTATING_KINDS and response.patched_object is not None:
+            finals[subject] = response.patched_object
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [subject.key.name for subject in finals]
+    written = []
+    for subject, resource in finals.items():
+        name = subject.key.name
+        if names.count(name) > 1 and subject.key.namespace:
+            name = f"{subject.key.namespace}-{name}"
+        path = directory / f"{name}-mutated.yaml"
+        path.write_text(yaml.safe_dump(_plain(resource), sort_keys=False))
+        written.append(path)
+    return written

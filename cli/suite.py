@@ -36,6 +36,7 @@ from cli.inputs import (
 )
 from engine.cel.libraries.offline import InMemoryResources, MockedHttp
 from engine.cel.services import Services
+from engine.comparison import resource_diff, same_resource
 from engine.errors import CelvernError, LoadError, Location
 from engine.evaluation import EvaluationContext
 from engine.loader import Document, load_paths, parse_text, read_text
@@ -45,6 +46,7 @@ from engine.policy_set import PolicySet, build_policy_set, evaluate, split_docum
 from engine.request import CREATE, request_for_resource
 from engine.resources import DEFAULT_MAPPER, ResourceMapper
 from engine.results import PolicyResponse, ResourceKey, Status, report_status
+from engine.schemas import SchemaIndex, default_schema_index
 
 JSON_PAYLOAD = "JSON payload"
 """How Kyverno prints the resource of a JSON payload in `apply` output."""
@@ -92,8 +94,8 @@ def subjects_of(
     mapper = mapper or DEFAULT_MAPPER
     subjects = []
     for raw in resources:
-        resource = with_default_namespace(raw, mapper)
-        subjects.append(Subject(ResourceKey.of(resource), resource=resource))
+        # The key places a namespace-less namespaced resource in `default`; see `evaluate_subjects`.
+        subjects.append(Subject(ResourceKey.of(with_default_namespace(raw, mapper)), resource=raw))
     subjects.extend(Subject(ResourceKey("", "", "", name), payload=payload) for name, payload in payloads)
     return subjects
 
@@ -150,6 +152,8 @@ class RunInputs:
     user: RequestUser = field(default_factory=RequestUser)
     mapper: ResourceMapper = DEFAULT_MAPPER
     services: Services = field(default_factory=Services)
+    schemas: SchemaIndex | None = None
+    """Structural schemas for ApplyConfiguration merges (None: the default Kubernetes schemas)."""
 
 
 def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subject, list[PolicyResponse]]]:
@@ -163,9 +167,16 @@ def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subje
                 dataclasses.replace(response, resource=subject.key) for response in evaluate(inputs.policy_set, context)
             ]
         else:
+            parent, sub = inputs.values.subresources.get(subject.key.kind, ("", ""))
+            # Policies see a namespace-less namespaced resource in `default` (object.metadata.namespace is set,
+            # as in Kyverno's CLI), but a mutated resource is reported as written, without that namespace.
+            evaluated = with_default_namespace(subject.resource, inputs.mapper)
             request = request_for_resource(
-                subject.resource,
+                evaluated,
                 operation=operation,
+                default_namespace=DEFAULT_NAMESPACE,
+                parent_resource=parent,
+                sub_resource=sub,
                 user_info=user.user_info,
                 mapper=inputs.mapper,
                 roles=user.roles,
@@ -173,10 +184,27 @@ def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subje
             )
             labels, namespace_object = namespaces.lookup(request.namespace)
             context = EvaluationContext(
-                request=request, namespace=labels, namespace_object=namespace_object, services=inputs.services
+                request=request,
+                namespace=labels,
+                namespace_object=namespace_object,
+                services=inputs.services,
+                schemas=inputs.schemas,
             )
             responses = evaluate(inputs.policy_set, context)
+            if evaluated is not subject.resource:
+                responses = [_without_default_namespace(response) for response in responses]
         yield subject, responses
+
+
+def _without_default_namespace(response: PolicyResponse) -> PolicyResponse:
+    patched = response.patched_object
+    if patched is None:
+        return response
+    metadata = patched.get("metadata")
+    if not isinstance(metadata, Mapping) or metadata.get("namespace") != DEFAULT_NAMESPACE:
+        return response
+    stripped = {**patched, "metadata": {k: v for k, v in metadata.items() if k != "namespace"}}
+    return dataclasses.replace(response, patched_object=stripped)
 
 
 @dataclass(slots=True)
@@ -367,7 +395,8 @@ def _load_test_inputs(test: TestDocument) -> tuple[RunInputs, list[str]]:
     mapper = ResourceMapper.build(context.crds)
     services = build_services(context, mapper, [call.to_raw() for call in test.api_call_responses])
     subjects = tuple(subjects_of(resources, payloads, mapper=mapper))
-    inputs = RunInputs(policy_set, subjects, values, user, mapper, services)
+    schemas = default_schema_index().with_crds(context.crds) if policy_set.mutating else None
+    inputs = RunInputs(policy_set, subjects, values, user, mapper, services, schemas)
     return inputs, notes
 
 
@@ -383,7 +412,7 @@ def run_test(test: TestDocument, label: str) -> tuple[list[Row], list[str]]:
             for response in responses:
                 by_policy.setdefault(response.policy.name, []).append(response)
         runs[operation] = by_policy
-    scorer = Scorer(inputs.policy_set, inputs.subjects, label)
+    scorer = Scorer(inputs.policy_set, inputs.subjects, label, test.source.parent)
     rows: list[Row] = []
     for expected in test.results:
         rows.extend(scorer.score(expected, runs[expected.operation or default_operation]))
@@ -410,18 +439,26 @@ def resource_label(key: ResourceKey) -> str:
 class Scorer:
     """Scores result entries of one Test against the responses of its runs."""
 
-    def __init__(self, policy_set: PolicySet, subjects: Sequence[Subject], label: str) -> None:
+    def __init__(
+        self, policy_set: PolicySet, subjects: Sequence[Subject], label: str, base: Path | None = None
+    ) -> None:
         self._label = label
+        self._base = base
         self._keys = [subject.key for subject in subjects]
         self._unsupported = {policy.name: policy.kind for policy in policy_set.unsupported}
-        self._invalid = {policy.name: str(policy.error) for policy in policy_set.validating if policy.error is not None}
+        self._unsupported.update(
+            {p.name: f"{p.kind} with mutateExisting" for p in policy_set.mutating if p.source.mutate_existing}
+        )
+        compiled = policy_set.compiled
+        self._invalid = {policy.name: str(policy.error) for policy in compiled if policy.error is not None}
         # Kyverno evaluates autogen rules inside the policy's one response, so the decision to drop an empty
         # response depends on the policy as written, not on its variants.
         self._dropping = {
             policy.name: drops_empty_responses(policy.source.match_constraints)
-            for policy in policy_set.validating
+            for policy in compiled
             if not policy.variant
         }
+        self._expected_documents: dict[Path, list[Document]] = {}
 
     def _row(
         self,
@@ -485,8 +522,8 @@ class Scorer:
             if name in self._unsupported:
                 rows.append(self._row(expected, label, "", False, f"not supported yet: {self._unsupported[name]}"))
                 continue
-            if expected.patched_resources or expected.generated_resources:
-                rows.append(self._row(expected, label, "", False, "not supported yet"))
+            if expected.generated_resources:
+                rows.append(self._row(expected, label, "", False, "not supported yet: generatedResources"))
                 continue
             if name in self._invalid:
                 rows.append(self._row(expected, label, "", False, "Invalid Policy", self._invalid[name], True))
@@ -502,6 +539,9 @@ class Scorer:
                 continue
             statuses = [report_status(policy, rule.status) for policy, rule in rules]
             message = "; ".join(dict.fromkeys(rule.message for _, rule in rules if rule.message))
+            if expected.patched_resources and all(status is Status.PASS for status in statuses):
+                rows.append(self._patched_row(expected, label, found, message))
+                continue
             mismatched = [status for status in statuses if status is not expected.result]
             if mismatched:
                 actual = mismatched[0].value
@@ -510,6 +550,42 @@ class Scorer:
             else:
                 rows.append(self._row(expected, label, expected.result.value, True, "Ok", message))
         return rows
+
+    def _patched_row(self, expected: ExpectedResult, label: str, found: Sequence[PolicyResponse], message: str) -> Row:
+        """Score an entry with `patchedResources` (spec 4.2): a passing mutation whose result matches the expected
+        document counts as `pass`, one whose result differs (or is missing from the file) as `fail` — Kyverno's
+        long-standing reading, which lets a test expect `fail` for a mutation that must not produce a resource."""
+        actual = next((r.patched_object for r in found if r.rules and r.patched_object is not None), None)
+        difference = "no patched resource"
+        if actual is not None:
+            difference = self._difference(Path(expected.patched_resources), actual)
+        if difference == "":
+            status = Status.PASS
+        elif expected.result is Status.FAIL:
+            status = Status.FAIL
+        else:
+            return self._row(expected, label, Status.FAIL.value, False, "Resource diff", difference)
+        if status is expected.result:
+            return self._row(expected, label, status.value, True, "Ok", message)
+        return self._row(expected, label, status.value, False, f"Want {expected.result.value}, got {status.value}")
+
+    def _difference(self, path: Path, actual: Mapping[str, Any]) -> str:
+        """ "" when `actual` matches its document in the expected file, else what differs."""
+        if self._base is not None and not path.is_absolute():
+            path = self._base / path
+        try:
+            if path not in self._expected_documents:
+                self._expected_documents[path] = load_paths([path])
+        except CelvernError as error:
+            return str(error)
+        wanted = ResourceKey.of(actual)
+        for document in self._expected_documents[path]:
+            key = ResourceKey.of(document.data)
+            if (key.api_version, key.kind, key.name) == (wanted.api_version, wanted.kind, wanted.name) and (
+                not key.namespace or key.namespace == wanted.namespace
+            ):
+                return "" if same_resource(document.data, actual) else resource_diff(document.data, actual)
+        return f"{wanted.kind}/{wanted.name} not found in {path.name}"
 
 
 def summarize(results: Iterable[TestFileResult]) -> tuple[int, int]:

@@ -288,3 +288,7 @@ def compile_mutating_policy(policy: MutatingPolicy) -> tuple[CompiledMutatingPol
     if compiled[0].error is None:
         compiled.extend(_compile_mutating(variant, name, env) for name, variant in autogen.mutating_variants(policy))
     return tuple(compiled)
+
+
+CompiledPolicy = CompiledValidatingPolicy | CompiledMutatingPolicy
+"""Any compiled policy (the families share name, kind, variant, ref, source, error and match data)."""

@@ -6,6 +6,7 @@ Every policy family evaluates against the same per-request data: the `object`, `
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,7 @@ from engine.matching import MatchError, NamespaceLabels, matches
 from engine.model import MatchResources
 from engine.request import AdmissionRequest
 from engine.results import ResourceKey, RuleResult, Status
+from engine.schemas import SchemaIndex
 
 DEFAULT_TIME_BUDGET = 1.0
 """Seconds one policy evaluation may take before its remaining expressions are refused."""
@@ -47,12 +49,22 @@ class EvaluationContext:
     services: cel_services.Services = field(default_factory=cel_services.Services)
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     time_budget: float = DEFAULT_TIME_BUDGET
+    schemas: SchemaIndex | None = None
+    """Structural schemas for ApplyConfiguration merges; None means the default Kubernetes schemas."""
     resource: ResourceKey = field(default=ResourceKey("", "", "", ""))
     """Key of the object the request is about (derived; computed once per request)."""
 
     def __post_init__(self) -> None:
         subject = self.request.subject if self.request is not None else self.payload
-        object.__setattr__(self, "resource", ResourceKey.of(subject))
+        key = ResourceKey.of(subject)
+        if self.request is not None and key.namespace != self.request.namespace:
+            key = dataclasses.replace(key, namespace=self.request.namespace)  # e.g. defaulted to `default`
+        object.__setattr__(self, "resource", key)
+
+    def with_object(self, obj: Mapping[str, Any]) -> EvaluationContext:
+        """The same request about a different (mutated) object; oldObject is unchanged."""
+        assert self.request is not None
+        return dataclasses.replace(self, request=dataclasses.replace(self.request, object=obj))
 
     def base_data(self) -> dict[str, Any]:
         """CEL variables shared by every policy of this request."""
@@ -91,10 +103,13 @@ class Session:
         """Restart the time budget for the next policy."""
         self._deadline = time.monotonic() + self._time_budget
 
-    def with_exceptions(self, allowed_images: list[str], allowed_values: list[str]) -> Any:
-        """An activation that also binds `exceptions` from partial PolicyExceptions (rare: costs a conversion)."""
+    def derive(self, *, object_: Any = None, exceptions: Mapping[str, list[str]] | None = None) -> Any:
+        """A new activation differing from the session's in `object` and/or `exceptions` (costs a conversion)."""
         data = dict(self._base)
-        data[EXCEPTIONS] = {"allowedImages": allowed_images, "allowedValues": allowed_values}
+        if object_ is not None:
+            data[OBJECT] = object_
+        if exceptions is not None:
+            data[EXCEPTIONS] = exceptions
         return self._environment.activation(data)
 
     def evaluate(self, program: Program, activation: Any = None) -> Any:
@@ -157,6 +172,8 @@ class ExceptionDecision:
     result: RuleResult | None = None
     activation: Any = None
     """An activation binding `exceptions` from partial exceptions; None to use the session's own."""
+    exceptions: Mapping[str, list[str]] | None = None
+    """The `exceptions` variable bound in `activation` (None when no partial exception applies)."""
 
 
 def exception_label(exception: CompiledException) -> str:
@@ -220,5 +237,6 @@ def decide_exceptions(
             )
         )
     if images or values:
-        return ExceptionDecision(activation=session.with_exceptions(images, values))
+        partial = {"allowedImages": images, "allowedValues": values}
+        return ExceptionDecision(activation=session.derive(exceptions=partial), exceptions=partial)
     return ExceptionDecision()

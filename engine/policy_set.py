@@ -8,14 +8,19 @@ of silently ignoring them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from engine.cel.environment import validating_environment
+from engine import patching
+from engine.cel.environment import mutating_environment, validating_environment
 from engine.compiler import (
     CompiledException,
+    CompiledMutatingPolicy,
+    CompiledPolicy,
     CompiledValidatingPolicy,
     compile_exception,
+    compile_mutating_policy,
     compile_validating_policy,
 )
 from engine.errors import PolicyCompileError
@@ -23,12 +28,15 @@ from engine.evaluation import EvaluationContext, Session, evaluate_in
 from engine.loader import Document
 from engine.model import (
     EXCEPTION_KIND,
+    MUTATING_KINDS,
     POLICY_KINDS,
     VALIDATING_KINDS,
     is_policy_document,
+    parse_mutating_policy,
     parse_policy_exception,
     parse_validating_policy,
 )
+from engine.mutating import evaluate_mutating
 from engine.results import PolicyResponse
 from engine.validating import evaluate_validating
 
@@ -45,20 +53,27 @@ class PolicySet:
     validating: tuple[CompiledValidatingPolicy, ...] = ()
     exceptions: tuple[CompiledException, ...] = ()
     unsupported: tuple[UnsupportedPolicy, ...] = ()
+    mutating: tuple[CompiledMutatingPolicy, ...] = ()
+
+    @property
+    def compiled(self) -> tuple[CompiledPolicy, ...]:
+        """Every compiled policy, mutating first (in evaluation order)."""
+        return (*self.mutating, *self.validating)
 
     @property
     def compile_errors(self) -> list[PolicyCompileError]:
-        errors = [p.error for p in self.validating if p.error is not None and not p.variant]
+        errors = [p.error for p in self.compiled if p.error is not None and not p.variant]
         errors.extend(e.error for e in self.exceptions if e.error is not None)
         return errors
 
     @property
     def policy_count(self) -> int:
         """Policies as written (autogen variants not counted), as Kyverno's "Applying N policy rule(s)"."""
-        return sum(1 for p in self.validating if not p.variant) + len(self.unsupported)
+        written = sum(1 for p in self.compiled if not p.variant)
+        return written + len(self.unsupported)
 
     def names(self) -> set[str]:
-        return {p.name for p in self.validating} | {p.name for p in self.unsupported}
+        return {p.name for p in self.compiled} | {p.name for p in self.unsupported}
 
 
 def split_documents(documents: Iterable[Document]) -> tuple[list[Document], list[Document]]:
@@ -76,12 +91,15 @@ def build_policy_set(policy_documents: Iterable[Document], exception_documents: 
     Exceptions may be mixed into `policy_documents`; `exception_documents` may only hold exceptions.
     """
     validating: list[CompiledValidatingPolicy] = []
+    mutating: list[CompiledMutatingPolicy] = []
     exceptions: list[CompiledException] = []
     unsupported: list[UnsupportedPolicy] = []
     for document in [*policy_documents, *exception_documents]:
         kind = document.data.get("kind")
         if kind in VALIDATING_KINDS:
             validating.extend(compile_validating_policy(parse_validating_policy(document)))
+        elif kind in MUTATING_KINDS:
+            mutating.extend(compile_mutating_policy(parse_mutating_policy(document)))
         elif kind == EXCEPTION_KIND:
             exceptions.append(compile_exception(parse_policy_exception(document)))
         elif kind in POLICY_KINDS:
@@ -93,13 +111,50 @@ def build_policy_set(policy_documents: Iterable[Document], exception_documents: 
             unsupported.append(UnsupportedPolicy(str(kind), str(name), document))
         else:
             raise document.error(f"unknown kind {kind!r} in group policies.kyverno.io", "kind")
-    return PolicySet(tuple(validating), tuple(exceptions), tuple(unsupported))
+    return PolicySet(tuple(validating), tuple(exceptions), tuple(unsupported), tuple(mutating))
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Everything a policy set decided about one request."""
+
+    responses: tuple[PolicyResponse, ...]
+    """Mutating policies' responses in the order they ran, then validating policies' responses."""
+    original: Mapping[str, Any] | None
+    patched: Mapping[str, Any] | None
+    """The object after every mutation, or None when no mutation changed it."""
+
+    def patch(self) -> list[dict[str, Any]]:
+        """The RFC 6902 patch from the original object to the patched one (what an admission webhook returns)."""
+        if self.patched is None or self.original is None:
+            return []
+        return patching.diff(self.original, self.patched)
+
+
+def run(policy_set: PolicySet, context: EvaluationContext) -> Evaluation:
+    """Mutate, then validate: mutating policies run in order, each on the previous one's output, and validating
+    policies see the mutated object (kyverno-cel-spec.md 3.3)."""
+    responses: list[PolicyResponse] = []
+    original = context.request.object if context.request is not None else None
+    session: Session | None = None  # activations of either environment serve programs of both
+    with evaluate_in(context.services):
+        if policy_set.mutating and original is not None:
+            session = Session(mutating_environment(), context)
+            for mutating_policy in policy_set.mutating:
+                outcome = evaluate_mutating(mutating_policy, context, policy_set.exceptions, session)
+                responses.append(outcome.response)
+                if outcome.patched is not None:
+                    context = context.with_object(outcome.patched)
+                    session = Session(mutating_environment(), context)
+        if policy_set.validating:
+            session = session or Session(validating_environment(), context)
+            responses.extend(
+                evaluate_validating(policy, context, policy_set.exceptions, session) for policy in policy_set.validating
+            )
+    patched = context.request.object if context.request is not None else None
+    return Evaluation(tuple(responses), original, patched if patched is not original else None)
 
 
 def evaluate(policy_set: PolicySet, context: EvaluationContext) -> list[PolicyResponse]:
-    """Evaluate every validating policy of the set against one request; one response per compiled policy."""
-    session = Session(validating_environment(), context)
-    with evaluate_in(context.services):
-        return [
-            evaluate_validating(policy, context, policy_set.exceptions, session) for policy in policy_set.validating
-        ]
+    """Every response of the policy set for one request (see `run` for the patched object)."""
+    return list(run(policy_set, context).responses)

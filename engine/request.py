@@ -124,8 +124,13 @@ def request_for_resource(
     roles: tuple[str, ...] = (),
     cluster_roles: tuple[str, ...] = (),
     sub_resource: str = "",
+    default_namespace: str = "",
+    parent_resource: str = "",
 ) -> AdmissionRequest:
-    """Build the request Kyverno's CLI would for a manifest (CREATE: object; UPDATE: both; DELETE: oldObject)."""
+    """Build the request Kyverno's CLI would for a manifest (CREATE: object; UPDATE: both; DELETE: oldObject).
+
+    For a subresource object (a Binding sent to `pods/binding`), pass `parent_resource` and `sub_resource`.
+    """
     api_version = resource.get("apiVersion") if isinstance(resource.get("apiVersion"), str) else ""
     kind = resource.get("kind") if isinstance(resource.get("kind"), str) else ""
     assert isinstance(api_version, str) and isinstance(kind, str)
@@ -137,6 +142,8 @@ def request_for_resource(
     assert isinstance(namespace, str) and isinstance(name, str)
     if not resource_type.namespaced:
         namespace = ""
+    elif not namespace:
+        namespace = default_namespace
     new, old = {
         CREATE: (resource, None),
         UPDATE: (resource, resource),
@@ -146,7 +153,9 @@ def request_for_resource(
     return AdmissionRequest(
         operation=operation,
         kind=GroupVersionKind(resource_type.group, resource_type.version, kind),
-        resource=GroupVersionResource(resource_type.group, resource_type.version, resource_type.resource),
+        resource=GroupVersionResource(
+            resource_type.group, resource_type.version, parent_resource or resource_type.resource
+        ),
         namespace=namespace,
         name=name,
         object=new,

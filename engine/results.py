@@ -117,6 +117,8 @@ class PolicyResponse:
     operation: str = "CREATE"
     autogen: str = ""
     """Name of the autogen variant that produced this response ("" for the policy as written)."""
+    patched_object: Mapping[str, Any] | None = None
+    """For mutating policies: the object after this policy (and the policies before it) ran."""
 
     @property
     def matched(self) -> bool:

@@ -66,6 +66,10 @@ INTERNAL_FUNCTIONS: Final[Mapping[str, str]] = {
     "__celvern_math_round": (
         "(double|int, int) -> double: Kyverno's `math.round(x, digits)`. Emitted for two-argument `math.round`."
     ),
+    "__celvern_regex_extract": (
+        "(string, string) -> list(string): [] or [the first match (or its capture group)]. Emitted for "
+        "`regex.extract(s, re)` as a bind choosing `optional.none()` or `optional.of(match)`."
+    ),
     "__celvern_format_named": (
         "(string) -> map: the format value named, or an empty map when unknown. Emitted as "
         "`optional.ofNonZeroValue(__celvern_format_named(name))` for `format.named(name)`."
@@ -202,6 +206,10 @@ def _call(function: str, args: tuple[Expr, ...], at: Expr, target: Expr | None =
     return Call(start=at.start, end=at.end, function=function, args=args, target=target)
 
 
+def _is_null(node: Expr) -> bool:
+    return isinstance(node, Constant) and node.kind == "null"
+
+
 def _dyn(value: Expr, at: Expr) -> Call:
     return _call("dyn", (value,), at)
 
@@ -328,6 +336,12 @@ class _Rewriter:
         condition = self.visit(node.condition, scope)
         then = self.visit(node.then, scope)
         otherwise = self.visit(node.otherwise, scope)
+        # cel-go lets `c ? {...} : null` type-check (null is assignable to maps, lists, messages); the C++
+        # checker does not, so the non-null branch is made dyn.
+        if _is_null(otherwise) and not _is_null(then):
+            then = _dyn(then, node.then)
+        elif _is_null(then) and not _is_null(otherwise):
+            otherwise = _dyn(otherwise, node.otherwise)
         if condition is node.condition and then is node.then and otherwise is node.otherwise:
             return self.keep(node)
         return _conditional(condition, then, otherwise, node)
@@ -471,6 +485,30 @@ class _Rewriter:
             )
         if namespace == "math" and function == "round" and arity == 2:
             return _call("__celvern_math_round", new_args, node)
+        if namespace == "regex" and function == "extract" and arity == 2:
+            # `regex.extract` returns optional(string): the Python side returns [] or [match].
+            found = self.fresh()
+            extracted = _call("__celvern_regex_extract", new_args, node)
+            empty = Binary(
+                start=node.start,
+                end=node.end,
+                op="==",
+                left=_call("size", (_ident(found, node),), node),
+                right=Constant(start=node.start, end=node.end, kind="int", value=0, text="0"),
+            )
+            first = Index(
+                start=node.start,
+                end=node.end,
+                operand=_ident(found, node),
+                index=Constant(start=node.start, end=node.end, kind="int", value=0, text="0"),
+            )
+            choice = _conditional(
+                empty,
+                _call("none", (), node, target=_ident("optional", node)),
+                _call("of", (first,), node, target=_ident("optional", node)),
+                node,
+            )
+            return _bind(found, extracted, choice, node)
         if namespace == "format" and function == "named" and arity == 1:
             named = _call("__celvern_format_named", new_args, node)
             return _call("ofNonZeroValue", (named,), node, target=_ident("optional", node))

@@ -115,10 +115,22 @@ CASES = [
     Case("unscored-warn-default-exit-0", (APPLY / "unscored.yaml", "-r", RESOURCES), 0),
     Case(
         "unsupported-kind-noted-not-counted",
-        (APPLY / "mutating.yaml", APPLY / "unscored.yaml", "-r", RESOURCES),
+        (APPLY / "generating.yaml", APPLY / "unscored.yaml", "-r", RESOURCES),
         0,
         stdout=("Applying 1 policy rule(s) to 2 resource(s)...",),
-        stderr=("note: MutatingPolicy add-team-label is not evaluated by this version",),
+        stderr=("note: GeneratingPolicy default-deny is not evaluated by this version",),
+    ),
+    Case(
+        "mutation-printed-kyverno-style",
+        (APPLY / "mutating.yaml", "-r", RESOURCES),
+        0,
+        stdout=(
+            "Applying 1 policy rule(s) to 2 resource(s)...",
+            "policy add-team-label applied to prod/Pod/good:",
+            "    team: none",
+            "Mutation has been applied successfully.",
+            "pass: 2, fail: 0, warn: 0, error: 0, skip: 0 ",
+        ),
     ),
     Case(
         "bad-yaml",

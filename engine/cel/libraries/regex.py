@@ -133,6 +133,71 @@ def _find_all(text: str, pattern: str) -> list[str]:
     return _find_all_limited(text, pattern, -1)
 
 
+# cel-go's regex extension (`ext.Regex`, part of Kyverno's environment): regex.replace/extract/extractAll.
+EXTRACT_FUNCTION = "__celvern_regex_extract"
+"""`regex.extract` returns an optional, which Python cannot build: the rewriter turns the list this returns
+(empty, or the one match) into `optional.none()` / `optional.of(match)`."""
+
+
+def _single_group(compiled: Any, pattern: str, function: str) -> int:
+    if compiled.groups > 1:
+        raise ValueError(f"{function}: regular expression has more than one capturing group: {pattern!r}")
+    return int(compiled.groups)
+
+
+def _replacement(template: str) -> str:
+    """cel-go's replacement syntax (`\\1`..`\\9` capture groups, `\\\\` a backslash) in the re2 module's terms."""
+    out: list[str] = []
+    index = 0
+    while index < len(template):
+        char = template[index]
+        if char == "\\" and index + 1 < len(template):
+            following = template[index + 1]
+            if following.isdigit():
+                out.append(f"\\g<{following}>")
+            elif following == "\\":
+                out.append("\\\\")
+            else:
+                raise ValueError(f"regex.replace: invalid replacement string {template!r}: \\{following}")
+            index += 2
+            continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _replace_count(text: str, pattern: str, replacement: str, count: int) -> str:
+    if count == 0:
+        return text
+    compiled = compile_pattern(pattern)
+    return str(compiled.sub(_replacement(replacement), _subject(text), count=max(count, 0)))
+
+
+def _replace(text: str, pattern: str, replacement: str) -> str:
+    return _replace_count(text, pattern, replacement, -1)
+
+
+def _extract(text: str, pattern: str) -> list[str]:
+    compiled = compile_pattern(pattern)
+    groups = _single_group(compiled, pattern, "regex.extract")
+    match = compiled.search(_subject(text))
+    if match is None:
+        return []
+    value = match.group(groups)
+    return [] if value is None else [str(value)]
+
+
+def _extract_all(text: str, pattern: str) -> list[str]:
+    compiled = compile_pattern(pattern)
+    groups = _single_group(compiled, pattern, "regex.extractAll")
+    found = []
+    for match in compiled.finditer(_subject(text)):
+        value = match.group(groups)
+        if value is not None and (groups or value):
+            found.append(str(value))
+    return found
+
+
 _S = cel.Type.STRING
 
 
@@ -155,6 +220,23 @@ LIBRARY = Library(
                     _find_all_limited,
                 ),
             ],
+        ),
+        cel.FunctionDecl(
+            "regex.replace",
+            [
+                cel.Overload("regex_replace_string_string_string", _S, [_S, _S, _S], impl=_replace),
+                cel.Overload(
+                    "regex_replace_string_string_string_int", _S, [_S, _S, _S, cel.Type.INT], impl=_replace_count
+                ),
+            ],
+        ),
+        cel.FunctionDecl(
+            EXTRACT_FUNCTION,
+            [cel.Overload("celvern_regex_extract_string_string", cel.Type.List(_S), [_S, _S], impl=_extract)],
+        ),
+        cel.FunctionDecl(
+            "regex.extractAll",
+            [cel.Overload("regex_extract_all_string_string", cel.Type.List(_S), [_S, _S], impl=_extract_all)],
         ),
     ),
 )

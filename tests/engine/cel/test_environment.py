@@ -72,3 +72,34 @@ def test_runtime_errors_are_values(expression: str, message: str) -> None:
     result = env.compile(expression, path="p").evaluate(env.activation(data))
     assert isinstance(result, CelError)
     assert message in result.message
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ('true ? {"a": 1} : null', {"a": 1}),
+        ('false ? {"a": 1} : null', None),
+        ("false ? null : [1]", [1]),
+        ('regex.replace("docker.io/nginx", "^docker\\\\.io/(.*)", "registry.example/\\\\1")', "registry.example/nginx"),
+        ('regex.replace("aaa", "a", "b", 2)', "bba"),
+        ('regex.extract("abc123", "[0-9]+").orValue("none")', "123"),
+        ('regex.extract("abc", "[0-9]+").hasValue()', False),
+        ('regex.extract("key=value", "key=(.*)").value()', "value"),
+        ('regex.extractAll("a1b22c333", "[0-9]+")', ["1", "22", "333"]),
+    ],
+    ids=[
+        "null-else-branch",
+        "null-else-taken",
+        "null-then-branch",
+        "regex-replace-group",
+        "regex-replace-count",
+        "regex-extract",
+        "regex-extract-none",
+        "regex-extract-group",
+        "regex-extract-all",
+    ],
+)
+def test_cel_go_compatibility(expression: str, expected: object) -> None:
+    """Constructs cel-go accepts that the C++ runtime needs help with (null ternaries, the regex extension)."""
+    env = validating_environment()
+    assert env.compile(expression, path="p").evaluate(env.activation({})) == expected

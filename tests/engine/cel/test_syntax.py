@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -294,19 +293,14 @@ def test_deep_but_allowed(text: str) -> None:
     assert shape(parse(unparse(node))) == shape(node)
 
 
-def test_large_expression_parses_quickly() -> None:
+def test_large_expression_parses() -> None:
+    """A 100 KB expression built from real policy expressions parses (timings live in bench/, not here)."""
     parts: list[str] = []
     while sum(len(part) + 2 for part in parts) < 100_000:
         parts.extend(conformance_expressions())
     text = "[" + ", ".join(parts) + "]"
-    best = min(_timed(parse, text) for _ in range(3))
-    assert best < 0.1, f"parsing {len(text)} characters took {best * 1000:.0f} ms"
-
-
-def _timed(function: Any, argument: str) -> float:
-    started = time.perf_counter()
-    function(argument)
-    return time.perf_counter() - started
+    parsed = parse(text)
+    assert isinstance(parsed, ListExpr) and len(parsed.elements) == len(parts)
 
 
 # --------------------------------------------------------------------------------------------- printer
