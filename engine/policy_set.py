@@ -136,11 +136,14 @@ def run(policy_set: PolicySet, context: EvaluationContext) -> Evaluation:
     policies see the mutated object (kyverno-cel-spec.md 3.3)."""
     responses: list[PolicyResponse] = []
     original = context.request.object if context.request is not None else None
+    resource = context.request.resource.resource if context.request is not None else None
     session: Session | None = None  # activations of either environment serve programs of both
     with evaluate_in(context.services):
         if policy_set.mutating and original is not None:
             session = Session(mutating_environment(), context)
             for mutating_policy in policy_set.mutating:
+                if _cannot_match_variant(mutating_policy, resource):
+                    continue
                 outcome = evaluate_mutating(mutating_policy, context, policy_set.exceptions, session)
                 responses.append(outcome.response)
                 if outcome.patched is not None:
@@ -149,10 +152,23 @@ def run(policy_set: PolicySet, context: EvaluationContext) -> Evaluation:
         if policy_set.validating:
             session = session or Session(validating_environment(), context)
             responses.extend(
-                evaluate_validating(policy, context, policy_set.exceptions, session) for policy in policy_set.validating
+                evaluate_validating(policy, context, policy_set.exceptions, session)
+                for policy in policy_set.validating
+                if not _cannot_match_variant(policy, resource)
             )
     patched = context.request.object if context.request is not None else None
     return Evaluation(tuple(responses), original, patched if patched is not original else None)
+
+
+def _cannot_match_variant(policy: CompiledPolicy, resource: str | None) -> bool:
+    """An autogen variant that cannot match the request's resource gives no response at all (the policy as
+    written always answers, with no rules when it does not match), which saves work on every request."""
+    return (
+        bool(policy.variant)
+        and resource is not None
+        and policy.resources is not None
+        and resource not in policy.resources
+    )
 
 
 def evaluate(policy_set: PolicySet, context: EvaluationContext) -> list[PolicyResponse]:
