@@ -25,7 +25,7 @@ from cli.suite import JSON_PAYLOAD, ApplyOutcome, Row, Subject, TestFileResult, 
 from engine.errors import CelvernError, PolicyCompileError
 from engine.model import MUTATING_KINDS
 from engine.reports import result_status
-from engine.results import PolicyResponse, Status
+from engine.results import PolicyResponse, ResourceKey, Status
 
 _NON_TERMINAL_WIDTH = 10_000
 """Width given to rich when output is not a terminal, so that tables in logs and files never wrap."""
@@ -277,17 +277,17 @@ def error_text(error: CelvernError) -> str:
 def write_mutated(outcome: ApplyOutcome, directory: Path) -> list[Path]:
     """Write each subject's final mutated resource to `directory/<name>-mutated.yaml` (Kyverno's naming; the
     namespace is prefixed when two resources share a name). Returns the files written."""
-    finals: dict[Subject, Mapping[str, Any]] = {}
+    finals: dict[ResourceKey, Mapping[str, Any]] = {}
     for subject, response in outcome.responses:
         if response.policy.kind in MUTATING_KINDS and response.patched_object is not None:
-            finals[subject] = response.patched_object
+            finals[subject.key] = response.patched_object
     directory.mkdir(parents=True, exist_ok=True)
-    names = [subject.key.name for subject in finals]
+    names = [key.name for key in finals]
     written = []
-    for subject, resource in finals.items():
-        name = subject.key.name
-        if names.count(name) > 1 and subject.key.namespace:
-            name = f"{subject.key.namespace}-{name}"
+    for key, resource in finals.items():
+        name = key.name
+        if names.count(name) > 1 and key.namespace:
+            name = f"{key.namespace}-{name}"
         path = directory / f"{name}-mutated.yaml"
         path.write_text(yaml.safe_dump(_plain(resource), sort_keys=False))
         written.append(path)
