@@ -246,3 +246,29 @@ def test_big_object_is_handled() -> None:
     resource["metadata"]["annotations"] = {"blob": "x" * (3 * 1024 * 1024)}
     result = evaluate(resource, mutating(ALWAYS_PULL))
     assert [rule.status for rule in rules_of(result, "mutate")] == [Status.PASS]
+
+
+WIDGETS = """\
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [example.com]
+      apiVersions: [v1]
+      operations: [CREATE]
+      resources: [widgets]
+"""
+
+
+def test_unknown_kind_replaces_lists_with_a_note() -> None:
+    widget = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w", "namespace": "default"},
+        "spec": {"parts": [{"name": "a", "size": 1}], "colour": "red"},
+    }
+    policy = mutating(apply_configuration("Object{spec: Object.spec{parts: [{'name': 'b'}]}}"), rules=WIDGETS)
+    result = evaluate(widget, policy)
+    [rule] = rules_of(result, "mutate")
+    assert rule.status is Status.PASS
+    assert result.patched is not None
+    assert result.patched["spec"] == {"parts": [{"name": "b"}], "colour": "red"}
+    assert "list replaced" in rule.properties["mutation.notes"]
