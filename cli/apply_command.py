@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from cli.inputs import ClusterContext, RequestUser, Values, load_context, load_user_info, load_values
-from cli.output import apply_table, apply_text, console, documents_text, error_text, write_mutated
+from cli.output import apply_table, apply_text, console, documents_text, error_text, write_outputs
 from cli.suite import (
     ApplyOutcome,
     RunInputs,
@@ -121,7 +121,7 @@ def _with_progress(
     "--output-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Write each mutated resource to DIR/<name>-mutated.yaml.",
+    help="Write mutated resources to DIR/<name>-mutated.yaml and generated ones to DIR/<policy>-generated.yaml.",
 )
 @click.pass_context
 def apply_command(
@@ -186,7 +186,7 @@ def apply_command(
         reports = build_reports((response for _, response in outcome.responses), audit_warn=audit_warn)
         click.echo(documents_text(reports, output))
     if output_dir:
-        for path in write_mutated(outcome, Path(output_dir)):
+        for path in write_outputs(outcome, Path(output_dir)):
             click.echo(f"wrote {path}", err=True)
     ctx.exit(outcome.exit_code(warn_exit_code))
 

@@ -90,6 +90,18 @@ def apply_text(outcome: ApplyOutcome, *, policies: int, exceptions: int, audit_w
         yield ""
         yield "Mutation:"
         yield "Mutation has been applied successfully."
+    generated = False
+    for subject, response in outcome.responses:
+        for obj in response.generated:
+            generated = True
+            yield ""
+            yield f"policy {response.policy.name} applied to {subject_path(subject)}:"
+            yield yaml.safe_dump(_plain(obj), sort_keys=False).rstrip("\n")
+            yield "---"
+    if generated:
+        yield ""
+        yield "Generate:"
+        yield "Generation completed successfully."
     for subject, response in outcome.responses:
         if response.policy.kind not in MUTATING_KINDS:
             yield from _violations(subject, response, audit_warn=audit_warn)
@@ -274,9 +286,10 @@ def error_text(error: CelvernError) -> str:
     return text
 
 
-def write_mutated(outcome: ApplyOutcome, directory: Path) -> list[Path]:
-    """Write each subject's final mutated resource to `directory/<name>-mutated.yaml` (Kyverno's naming; the
-    namespace is prefixed when two resources share a name). Returns the files written."""
+def write_outputs(outcome: ApplyOutcome, directory: Path) -> list[Path]:
+    """Write each subject's final mutated resource to `directory/<name>-mutated.yaml` and each generating
+    policy's objects to `directory/<policy>-generated.yaml` (Kyverno's naming; the namespace is prefixed when two
+    resources share a name). Returns the files written."""
     finals: dict[ResourceKey, Mapping[str, Any]] = {}
     for subject, response in outcome.responses:
         if response.policy.kind in MUTATING_KINDS and response.patched_object is not None:
@@ -290,5 +303,13 @@ def write_mutated(outcome: ApplyOutcome, directory: Path) -> list[Path]:
             name = f"{key.namespace}-{name}"
         path = directory / f"{name}-mutated.yaml"
         path.write_text(yaml.safe_dump(_plain(resource), sort_keys=False))
+        written.append(path)
+    generated: dict[str, list[Any]] = {}
+    for _, response in outcome.responses:
+        if response.generated:
+            generated.setdefault(response.policy.name, []).extend(_plain(obj) for obj in response.generated)
+    for policy, objects in generated.items():
+        path = directory / f"{policy}-generated.yaml"
+        path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
         written.append(path)
     return written

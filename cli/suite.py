@@ -39,6 +39,7 @@ from engine.cel.services import Services
 from engine.comparison import resource_diff, same_resource
 from engine.errors import CelvernError, LoadError, Location
 from engine.evaluation import EvaluationContext
+from engine.generating import is_tracing_label
 from engine.loader import Document, load_paths, parse_text, read_text
 from engine.matching import NamespaceLabels
 from engine.model import MatchResources
@@ -189,6 +190,7 @@ def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subje
                 namespace_object=namespace_object,
                 services=inputs.services,
                 schemas=inputs.schemas,
+                mapper=inputs.mapper,
             )
             responses = evaluate(inputs.policy_set, context)
             if evaluated is not subject.resource:
@@ -522,9 +524,6 @@ class Scorer:
             if name in self._unsupported:
                 rows.append(self._row(expected, label, "", False, f"not supported yet: {self._unsupported[name]}"))
                 continue
-            if expected.generated_resources:
-                rows.append(self._row(expected, label, "", False, "not supported yet: generatedResources"))
-                continue
             if name in self._invalid:
                 rows.append(self._row(expected, label, "", False, "Invalid Policy", self._invalid[name], True))
                 continue
@@ -539,8 +538,10 @@ class Scorer:
                 continue
             statuses = [report_status(policy, rule.status) for policy, rule in rules]
             message = "; ".join(dict.fromkeys(rule.message for _, rule in rules if rule.message))
-            if expected.patched_resources and all(status is Status.PASS for status in statuses):
-                rows.append(self._patched_row(expected, label, found, message))
+            if (expected.patched_resources or expected.generated_resources) and all(
+                status is Status.PASS for status in statuses
+            ):
+                rows.append(self._resources_row(expected, label, found, message))
                 continue
             mismatched = [status for status in statuses if status is not expected.result]
             if mismatched:
@@ -551,14 +552,23 @@ class Scorer:
                 rows.append(self._row(expected, label, expected.result.value, True, "Ok", message))
         return rows
 
-    def _patched_row(self, expected: ExpectedResult, label: str, found: Sequence[PolicyResponse], message: str) -> Row:
-        """Score an entry with `patchedResources` (spec 4.2): a passing mutation whose result matches the expected
-        document counts as `pass`, one whose result differs (or is missing from the file) as `fail` — Kyverno's
-        long-standing reading, which lets a test expect `fail` for a mutation that must not produce a resource."""
-        actual = next((r.patched_object for r in found if r.rules and r.patched_object is not None), None)
-        difference = "no patched resource"
-        if actual is not None:
-            difference = self._difference(Path(expected.patched_resources), actual)
+    def _resources_row(
+        self, expected: ExpectedResult, label: str, found: Sequence[PolicyResponse], message: str
+    ) -> Row:
+        """Score an entry with `patchedResources` or `generatedResource(s)` (spec 4.2): a passing policy whose
+        resources match the expected documents counts as `pass`, one whose resources differ (or are missing from
+        the files) as `fail` — Kyverno's long-standing reading, which lets a test expect `fail` for a policy that
+        must not produce a resource."""
+        if expected.patched_resources:
+            patched = next((r.patched_object for r in found if r.rules and r.patched_object is not None), None)
+            actuals = [patched] if patched is not None else []
+            files = [Path(expected.patched_resources)]
+        else:
+            actuals = [_untraced(obj) for r in found for obj in r.generated]
+            files = [Path(path) for path in expected.generated_resources]
+        difference = "nothing was produced" if not actuals else ""
+        for actual in actuals:
+            difference = difference or self._difference(files, actual)
         if difference == "":
             status = Status.PASS
         elif expected.result is Status.FAIL:
@@ -569,23 +579,37 @@ class Scorer:
             return self._row(expected, label, status.value, True, "Ok", message)
         return self._row(expected, label, status.value, False, f"Want {expected.result.value}, got {status.value}")
 
-    def _difference(self, path: Path, actual: Mapping[str, Any]) -> str:
-        """ "" when `actual` matches its document in the expected file, else what differs."""
-        if self._base is not None and not path.is_absolute():
-            path = self._base / path
-        try:
-            if path not in self._expected_documents:
-                self._expected_documents[path] = load_paths([path])
-        except CelvernError as error:
-            return str(error)
+    def _difference(self, files: Sequence[Path], actual: Mapping[str, Any]) -> str:
+        """ "" when `actual` matches its document (same apiVersion, kind, name) in the expected files, else what
+        differs."""
         wanted = ResourceKey.of(actual)
-        for document in self._expected_documents[path]:
-            key = ResourceKey.of(document.data)
-            if (key.api_version, key.kind, key.name) == (wanted.api_version, wanted.kind, wanted.name) and (
-                not key.namespace or key.namespace == wanted.namespace
-            ):
-                return "" if same_resource(document.data, actual) else resource_diff(document.data, actual)
-        return f"{wanted.kind}/{wanted.name} not found in {path.name}"
+        for path in files:
+            if self._base is not None and not path.is_absolute():
+                path = self._base / path
+            try:
+                if path not in self._expected_documents:
+                    self._expected_documents[path] = load_paths([path])
+            except CelvernError as error:
+                return str(error)
+            for document in self._expected_documents[path]:
+                key = ResourceKey.of(document.data)
+                if (key.api_version, key.kind, key.name) == (wanted.api_version, wanted.kind, wanted.name) and (
+                    not key.namespace or key.namespace == wanted.namespace
+                ):
+                    return "" if same_resource(document.data, actual) else resource_diff(document.data, actual)
+        return f"{wanted.kind}/{wanted.name} not found in {', '.join(path.name for path in files)}"
+
+
+def _untraced(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A generated object without celvern's tracing labels (tests compare what the policy asked for)."""
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("labels"), Mapping):
+        return obj
+    labels = {key: value for key, value in metadata["labels"].items() if not is_tracing_label(key)}
+    trimmed = {key: value for key, value in metadata.items() if key != "labels"}
+    if labels:
+        trimmed["labels"] = labels
+    return {**obj, "metadata": trimmed}
 
 
 def summarize(results: Iterable[TestFileResult]) -> tuple[int, int]:

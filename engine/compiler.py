@@ -18,12 +18,14 @@ from engine.cel.environment import (
     Environment,
     Program,
     VariableDefinition,
+    generating_environment,
     mutating_environment,
     validating_environment,
 )
 from engine.errors import PolicyCompileError
 from engine.matching import candidate_resources
 from engine.model import (
+    GeneratingPolicy,
     MatchResources,
     MutatingPolicy,
     NamedExpression,
@@ -31,6 +33,7 @@ from engine.model import (
     ValidatingPolicy,
 )
 from engine.results import PolicyRef
+from engine.templating import Template, TemplateError, parse_template
 
 SEVERITY = "policies.kyverno.io/severity"
 CATEGORY = "policies.kyverno.io/category"
@@ -113,7 +116,7 @@ class CompiledException:
         return any(ref.name == name and ref.kind == kind for ref in self.source.policy_refs)
 
 
-def policy_ref(policy: ValidatingPolicy | MutatingPolicy) -> PolicyRef:
+def policy_ref(policy: ValidatingPolicy | MutatingPolicy | GeneratingPolicy) -> PolicyRef:
     """The report-facing identity of a policy, with severity/category from its annotations."""
     annotations = policy.metadata.annotations
     actions = policy.validation_actions if isinstance(policy, ValidatingPolicy) else ()
@@ -131,7 +134,7 @@ def policy_ref(policy: ValidatingPolicy | MutatingPolicy) -> PolicyRef:
 
 def _compile(
     env: Environment,
-    policy: ValidatingPolicy | MutatingPolicy,
+    policy: ValidatingPolicy | MutatingPolicy | GeneratingPolicy,
     expression: str,
     path: str,
     variables: tuple[VariableDefinition, ...] = (),
@@ -140,7 +143,7 @@ def _compile(
 
 
 def _compile_variables(
-    env: Environment, policy: ValidatingPolicy | MutatingPolicy, variables: Iterable[NamedExpression]
+    env: Environment, policy: ValidatingPolicy | MutatingPolicy | GeneratingPolicy, variables: Iterable[NamedExpression]
 ) -> tuple[dict[str, CompiledVariable], tuple[VariableDefinition, ...]]:
     """Compile variables in order; each may use only those declared before it."""
     compiled: dict[str, CompiledVariable] = {}
@@ -290,5 +293,100 @@ def compile_mutating_policy(policy: MutatingPolicy) -> tuple[CompiledMutatingPol
     return tuple(compiled)
 
 
-CompiledPolicy = CompiledValidatingPolicy | CompiledMutatingPolicy
+@dataclass(frozen=True, slots=True)
+class CompiledGeneration:
+    """A `generate` entry: a compiled expression, or a template with its compiled placeholders."""
+
+    index: int
+    program: Program | None = None
+    template: Template | None = None
+    placeholders: tuple[Program, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGeneratingPolicy:
+    """A GeneratingPolicy ready to evaluate (GeneratingPolicies have no autogen)."""
+
+    source: GeneratingPolicy
+    ref: PolicyRef
+    match_constraints: MatchResources | None
+    match_conditions: tuple[tuple[str, Program], ...] = ()
+    variables: Mapping[str, CompiledVariable] = field(default_factory=dict)
+    generations: tuple[CompiledGeneration, ...] = ()
+    audit_annotations: tuple[tuple[str, Program], ...] = ()
+    error: PolicyCompileError | None = None
+    resources: frozenset[str] | None = None
+    variant: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    @property
+    def namespace(self) -> str | None:
+        return self.source.metadata.namespace if self.source.namespaced else None
+
+
+def _compile_generation(
+    env: Environment, policy: GeneratingPolicy, index: int, scope: tuple[VariableDefinition, ...]
+) -> CompiledGeneration:
+    generation = policy.generate[index]
+    if generation.expression:
+        program = _compile(env, policy, generation.expression, generation.path, scope)
+        if program.return_type.lower() not in ("bool", "dyn"):
+            raise PolicyCompileError(
+                f"a generate expression must return bool (generator.Apply(...)), this one returns "
+                f"{program.return_type.lower()}",
+                field_path=generation.path,
+                expression=generation.expression,
+                location=policy.document.locate(generation.path),
+            )
+        return CompiledGeneration(index, program=program)
+    try:
+        template = parse_template(generation.template, interpolate=generation.interpolate)
+    except TemplateError as error:
+        raise PolicyCompileError(
+            str(error),
+            field_path=generation.path,
+            expression=generation.template,
+            location=policy.document.locate(generation.path),
+        ) from None
+    placeholders = tuple(_compile(env, policy, text, generation.path, scope) for text in template.expressions)
+    return CompiledGeneration(index, template=template, placeholders=placeholders)
+
+
+def compile_generating_policy(policy: GeneratingPolicy) -> CompiledGeneratingPolicy:
+    """Compile a GeneratingPolicy; errors are kept in the compiled policy."""
+    env = generating_environment()
+    ref = policy_ref(policy)
+    try:
+        variables, scope = _compile_variables(env, policy, policy.variables)
+        conditions = tuple(
+            (c.name, _compile(env, policy, c.expression, c.path, scope)) for c in policy.match_conditions
+        )
+        generations = tuple(_compile_generation(env, policy, index, scope) for index in range(len(policy.generate)))
+        annotations = tuple(
+            (a.key, _compile(env, policy, a.value_expression, a.path, scope)) for a in policy.audit_annotations
+        )
+    except PolicyCompileError as error:
+        return CompiledGeneratingPolicy(policy, ref, policy.match_constraints, error=error)
+    return CompiledGeneratingPolicy(
+        source=policy,
+        ref=ref,
+        match_constraints=policy.match_constraints,
+        match_conditions=conditions,
+        variables=variables,
+        generations=generations,
+        audit_annotations=annotations,
+    )
+
+
+CompiledPolicy = CompiledValidatingPolicy | CompiledMutatingPolicy | CompiledGeneratingPolicy
 """Any compiled policy (the families share name, kind, variant, ref, source, error and match data)."""

@@ -30,6 +30,7 @@ from engine.compiler import CompiledException
 from engine.matching import MatchError, NamespaceLabels, matches
 from engine.model import MatchResources
 from engine.request import AdmissionRequest
+from engine.resources import DEFAULT_MAPPER, ResourceMapper
 from engine.results import ResourceKey, RuleResult, Status
 from engine.schemas import SchemaIndex
 
@@ -49,6 +50,8 @@ class EvaluationContext:
     services: cel_services.Services = field(default_factory=cel_services.Services)
     now: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
     time_budget: float = DEFAULT_TIME_BUDGET
+    mapper: ResourceMapper = DEFAULT_MAPPER
+    """Kind <-> resource mapping (scope of generated kinds); the CLI adds CRDs to it."""
     schemas: SchemaIndex | None = None
     """Structural schemas for ApplyConfiguration merges; None means the default Kubernetes schemas."""
     resource: ResourceKey = field(default=ResourceKey("", "", "", ""))

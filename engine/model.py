@@ -275,6 +275,50 @@ class MutatingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Generation:
+    """One entry of `spec.generate`: exactly one of a CEL `expression` or a YAML `template`."""
+
+    expression: str
+    template: str
+    interpolate: bool
+    """`template.interpolate: cel`: `(( expr ))` placeholders in the template are evaluated."""
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratingPolicy:
+    """A GeneratingPolicy or NamespacedGeneratingPolicy, as written."""
+
+    kind: str
+    api_version: str
+    metadata: Metadata
+    match_constraints: MatchResources | None
+    match_conditions: tuple[NamedExpression, ...]
+    variables: tuple[NamedExpression, ...]
+    generate: tuple[Generation, ...]
+    audit_annotations: tuple[AuditAnnotation, ...]
+    admission_enabled: bool
+    generate_existing: bool
+    synchronize: bool
+    orphan_downstream_on_policy_delete: bool
+    use_server_side_apply: bool
+    document: Document
+
+    @property
+    def namespaced(self) -> bool:
+        return self.kind.startswith("Namespaced")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def failure_policy(self) -> str:
+        """GeneratingPolicies have no failurePolicy field; Kyverno treats them as Ignore."""
+        return "Ignore"
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyRefSpec:
     name: str
     kind: str
@@ -495,6 +539,49 @@ def parse_mutating_policy(document: Document) -> MutatingPolicy:
         background_enabled=evaluation.mapping("background").boolean("enabled", True),
         mutate_existing=evaluation.mapping("mutateExisting").boolean("enabled", False),
         autogen_controllers=_autogen_controllers(spec),
+        document=document,
+    )
+
+
+def parse_generating_policy(document: Document) -> GeneratingPolicy:
+    """Parse and schema-check a (Namespaced)GeneratingPolicy document."""
+    kind = str(document.data.get("kind"))
+    api_version = _check_api_version(document, kind)
+    reader = Reader(document, document.data)
+    metadata = _metadata(reader, namespaced=kind.startswith("Namespaced"))
+    spec = reader.mapping("spec", required=True)
+    generate = []
+    for item in spec.items("generate", required=True):
+        has_expression = item.raw.get("expression") is not None if isinstance(item.raw, Mapping) else False
+        has_template = item.raw.get("template") is not None if isinstance(item.raw, Mapping) else False
+        if has_expression == has_template:
+            raise item.fail("exactly one of expression or template is required")
+        if has_expression:
+            generate.append(Generation(item.string("expression", required=True), "", False, f"{item.path}.expression"))
+            continue
+        template = item.mapping("template", required=True)
+        interpolate = template.choice("interpolate", frozenset({"none", "cel"}), "none") == "cel"
+        value = template.string("value", required=True)
+        generate.append(Generation("", value, interpolate, f"{template.path}.value"))
+    if not generate:
+        raise spec.fail("at least one generate entry is required", "generate")
+    evaluation = spec.mapping("evaluation")
+    return GeneratingPolicy(
+        kind=kind,
+        api_version=api_version,
+        metadata=metadata,
+        match_constraints=_match_constraints(spec),
+        match_conditions=_named_expressions(spec, "matchConditions", limit=64),
+        variables=_named_expressions(spec, "variables"),
+        generate=tuple(generate),
+        audit_annotations=_audit_annotations(spec),
+        admission_enabled=evaluation.mapping("admission").boolean("enabled", True),
+        generate_existing=evaluation.mapping("generateExisting").boolean("enabled", False),
+        synchronize=evaluation.mapping("synchronize").boolean("enabled", False),
+        orphan_downstream_on_policy_delete=evaluation.mapping("orphanDownstreamOnPolicyDelete").boolean(
+            "enabled", False
+        ),
+        use_server_side_apply=spec.boolean("useServerSideApply", False),
         document=document,
     )
 

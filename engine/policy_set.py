@@ -13,25 +13,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import patching
-from engine.cel.environment import mutating_environment, validating_environment
+from engine.cel.environment import generating_environment, mutating_environment, validating_environment
 from engine.compiler import (
     CompiledException,
+    CompiledGeneratingPolicy,
     CompiledMutatingPolicy,
     CompiledPolicy,
     CompiledValidatingPolicy,
     compile_exception,
+    compile_generating_policy,
     compile_mutating_policy,
     compile_validating_policy,
 )
 from engine.errors import PolicyCompileError
 from engine.evaluation import EvaluationContext, Session, evaluate_in
+from engine.generating import evaluate_generating
 from engine.loader import Document
 from engine.model import (
     EXCEPTION_KIND,
+    GENERATING_KINDS,
     MUTATING_KINDS,
     POLICY_KINDS,
     VALIDATING_KINDS,
     is_policy_document,
+    parse_generating_policy,
     parse_mutating_policy,
     parse_policy_exception,
     parse_validating_policy,
@@ -54,11 +59,12 @@ class PolicySet:
     exceptions: tuple[CompiledException, ...] = ()
     unsupported: tuple[UnsupportedPolicy, ...] = ()
     mutating: tuple[CompiledMutatingPolicy, ...] = ()
+    generating: tuple[CompiledGeneratingPolicy, ...] = ()
 
     @property
     def compiled(self) -> tuple[CompiledPolicy, ...]:
-        """Every compiled policy, mutating first (in evaluation order)."""
-        return (*self.mutating, *self.validating)
+        """Every compiled policy, in evaluation order: mutating, validating, generating."""
+        return (*self.mutating, *self.validating, *self.generating)
 
     @property
     def compile_errors(self) -> list[PolicyCompileError]:
@@ -92,6 +98,7 @@ def build_policy_set(policy_documents: Iterable[Document], exception_documents: 
     """
     validating: list[CompiledValidatingPolicy] = []
     mutating: list[CompiledMutatingPolicy] = []
+    generating: list[CompiledGeneratingPolicy] = []
     exceptions: list[CompiledException] = []
     unsupported: list[UnsupportedPolicy] = []
     for document in [*policy_documents, *exception_documents]:
@@ -100,6 +107,8 @@ def build_policy_set(policy_documents: Iterable[Document], exception_documents: 
             validating.extend(compile_validating_policy(parse_validating_policy(document)))
         elif kind in MUTATING_KINDS:
             mutating.extend(compile_mutating_policy(parse_mutating_policy(document)))
+        elif kind in GENERATING_KINDS:
+            generating.append(compile_generating_policy(parse_generating_policy(document)))
         elif kind == EXCEPTION_KIND:
             exceptions.append(compile_exception(parse_policy_exception(document)))
         elif kind in POLICY_KINDS:
@@ -111,7 +120,7 @@ def build_policy_set(policy_documents: Iterable[Document], exception_documents: 
             unsupported.append(UnsupportedPolicy(str(kind), str(name), document))
         else:
             raise document.error(f"unknown kind {kind!r} in group policies.kyverno.io", "kind")
-    return PolicySet(tuple(validating), tuple(exceptions), tuple(unsupported), tuple(mutating))
+    return PolicySet(tuple(validating), tuple(exceptions), tuple(unsupported), tuple(mutating), tuple(generating))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +128,15 @@ class Evaluation:
     """Everything a policy set decided about one request."""
 
     responses: tuple[PolicyResponse, ...]
-    """Mutating policies' responses in the order they ran, then validating policies' responses."""
+    """Responses in the order the policies ran: mutating, then validating, then generating."""
     original: Mapping[str, Any] | None
     patched: Mapping[str, Any] | None
     """The object after every mutation, or None when no mutation changed it."""
+
+    @property
+    def generated(self) -> list[Mapping[str, Any]]:
+        """Every downstream object the generating policies asked for."""
+        return [obj for response in self.responses for obj in response.generated]
 
     def patch(self) -> list[dict[str, Any]]:
         """The RFC 6902 patch from the original object to the patched one (what an admission webhook returns)."""
@@ -132,8 +146,8 @@ class Evaluation:
 
 
 def run(policy_set: PolicySet, context: EvaluationContext) -> Evaluation:
-    """Mutate, then validate: mutating policies run in order, each on the previous one's output, and validating
-    policies see the mutated object (kyverno-cel-spec.md 3.3)."""
+    """Mutate, validate, generate: mutating policies run in order, each on the previous one's output; validating
+    and generating policies see the mutated object (kyverno-cel-spec.md 3.3)."""
     responses: list[PolicyResponse] = []
     original = context.request.object if context.request is not None else None
     resource = context.request.resource.resource if context.request is not None else None
@@ -155,6 +169,11 @@ def run(policy_set: PolicySet, context: EvaluationContext) -> Evaluation:
                 evaluate_validating(policy, context, policy_set.exceptions, session)
                 for policy in policy_set.validating
                 if not _cannot_match_variant(policy, resource)
+            )
+        if policy_set.generating and context.request is not None:
+            session = session or Session(generating_environment(), context)
+            responses.extend(
+                evaluate_generating(policy, context, policy_set.exceptions, session) for policy in policy_set.generating
             )
     patched = context.request.object if context.request is not None else None
     return Evaluation(tuple(responses), original, patched if patched is not original else None)

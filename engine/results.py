@@ -119,6 +119,8 @@ class PolicyResponse:
     """Name of the autogen variant that produced this response ("" for the policy as written)."""
     patched_object: Mapping[str, Any] | None = None
     """For mutating policies: the object after this policy (and the policies before it) ran."""
+    generated: tuple[Mapping[str, Any], ...] = ()
+    """For generating policies: the downstream objects to create or keep in sync."""
 
     @property
     def matched(self) -> bool:

@@ -34,7 +34,6 @@ REQUEST = "request"
 NAMESPACE_OBJECT = "namespaceObject"
 VARIABLES = "variables"
 EXCEPTIONS = "exceptions"
-GENERATOR = "generator"
 
 ITERATION_BUDGET = 10_000
 """Comprehension iterations one evaluation may run (fixed inside cel-expr-python 0.1.3)."""
@@ -43,6 +42,7 @@ _LIBRARY_MODULES = (
     "engine.cel.libraries.kubernetes",
     "engine.cel.libraries.kyverno",
     "engine.cel.libraries.comprehensions",
+    "engine.cel.libraries.generator",
 )
 
 
@@ -304,5 +304,6 @@ def mutating_environment() -> Environment:
 
 @functools.cache
 def generating_environment() -> Environment:
-    """Environment for GeneratingPolicy: adds the `generator` handle."""
-    return _build("generating", (*_COMMON, GENERATOR), _no_structs)
+    """Environment for GeneratingPolicy (`generator.Apply` is a library function, usable only while a generate
+    expression runs)."""
+    return _build("generating", _COMMON, _no_structs)

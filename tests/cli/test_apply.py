@@ -115,10 +115,10 @@ CASES = [
     Case("unscored-warn-default-exit-0", (APPLY / "unscored.yaml", "-r", RESOURCES), 0),
     Case(
         "unsupported-kind-noted-not-counted",
-        (APPLY / "generating.yaml", APPLY / "unscored.yaml", "-r", RESOURCES),
+        (APPLY / "deleting.yaml", APPLY / "unscored.yaml", "-r", RESOURCES),
         0,
         stdout=("Applying 1 policy rule(s) to 2 resource(s)...",),
-        stderr=("note: GeneratingPolicy default-deny is not evaluated by this version",),
+        stderr=("note: DeletingPolicy cleanup-old-pods is not evaluated by this version",),
     ),
     Case(
         "mutation-printed-kyverno-style",

@@ -1,4 +1,5 @@
-"""Mutations through the command line: patchedResources in `celvern test`, mutated files from `celvern apply`."""
+"""Mutations and generation through the command line: patchedResources in `celvern test`, mutated and generated
+files from `celvern apply`."""
 
 from __future__ import annotations
 
@@ -56,7 +57,15 @@ def test_apply_writes_mutated_resources(examples: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 1, result.output  # the demo resources include violations on purpose
     written = sorted(path.name for path in out.iterdir())
-    assert written == ["api-mutated.yaml", "debug-shell-mutated.yaml", "unlabelled-mutated.yaml", "web-mutated.yaml"]
+    assert written == [
+        "api-mutated.yaml",
+        "debug-shell-mutated.yaml",
+        "default-deny-network-policy-generated.yaml",
+        "unlabelled-mutated.yaml",
+        "web-mutated.yaml",
+    ]
+    [network_policy] = yaml.safe_load_all((out / "default-deny-network-policy-generated.yaml").read_text())
+    assert (network_policy["kind"], network_policy["metadata"]["namespace"]) == ("NetworkPolicy", "shop")
     web = yaml.safe_load((out / "web-mutated.yaml").read_text())
     assert web["spec"]["securityContext"] == {"runAsNonRoot": True}
     assert web["spec"]["containers"][0]["imagePullPolicy"] == "Always"

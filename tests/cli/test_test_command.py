@@ -77,7 +77,7 @@ def test_summary_and_exit_code(directory: str, exit_code: int, summary: str) -> 
         ("require-team-label", "v1/ConfigMap/default/settings", False, "Not found"),
         # Two resource rules: the empty response is kept and scores as excluded.
         ("protect-config", "v1/Pod/default/good", True, "Excluded"),
-        ("default-deny", "v1/Pod/default/good", False, "not supported yet: GeneratingPolicy"),
+        ("cleanup-old-pods", "v1/Pod/default/good", False, "not supported yet: DeletingPolicy"),
         ("typo", "v1/Pod/default/good", False, "Invalid Policy"),
     ],
     ids=[

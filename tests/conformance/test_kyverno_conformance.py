@@ -22,7 +22,7 @@ SHARED = REPOSITORY.parent / "shared" / "conformance"
 GATE = 0.95
 
 # The suites each issue named, per policy kind, with the share of rows that must pass.
-GATES = {"ValidatingPolicy": 0.95, "MutatingPolicy": 0.90}
+GATES = {"ValidatingPolicy": 0.95, "MutatingPolicy": 0.90, "GeneratingPolicy": 0.90}
 GROUPS: dict[str, tuple[str, list[str]]] = {
     "kyverno-cli/test-validating-policy": ("ValidatingPolicy", ["kyverno-cli/test-validating-policy"]),
     "kyverno-cli/test-context-*-vpol": (
@@ -54,6 +54,15 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
             "kyverno-policies/psp-migration-mpol",
             "kyverno-policies/other-mpol",
         ],
+    ),
+    "kyverno-cli/test-generating-policy": ("GeneratingPolicy", ["kyverno-cli/test-generating-policy"]),
+    "kyverno-cli/test-context-*-gpol": (
+        "GeneratingPolicy",
+        ["kyverno-cli/test-context-apicall-gpol", "kyverno-cli/test-context-configmap-gpol"],
+    ),
+    "kyverno-policies/*-gpol": (
+        "GeneratingPolicy",
+        ["kyverno-policies/best-practices-gpol", "kyverno-policies/other-gpol"],
     ),
 }
 
