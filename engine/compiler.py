@@ -56,22 +56,12 @@ class CompiledValidation:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledValidatingPolicy:
-    """A ValidatingPolicy (or one of its autogen variants) ready to evaluate."""
+class _Identity:
+    """What every compiled policy family shares: identity from its source, candidate resources from its match."""
 
-    source: ValidatingPolicy
-    ref: PolicyRef
-    variant: str
-    """"" for the policy as written, "autogen" or "autogen-cronjobs" for autogen variants."""
+    __slots__ = ()
+    source: ValidatingPolicy | MutatingPolicy | GeneratingPolicy
     match_constraints: MatchResources | None
-    match_conditions: tuple[tuple[str, Program], ...] = ()
-    variables: Mapping[str, CompiledVariable] = field(default_factory=dict)
-    validations: tuple[CompiledValidation, ...] = ()
-    audit_annotations: tuple[tuple[str, Program], ...] = ()
-    error: PolicyCompileError | None = None
-    resources: frozenset[str] | None = None
-    """Plural resources the policy can match (None: any); see `engine.matching.candidate_resources`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
@@ -86,7 +76,26 @@ class CompiledValidatingPolicy:
 
     @property
     def namespace(self) -> str | None:
+        """The policy's namespace for namespaced kinds, None for cluster-wide policies."""
         return self.source.metadata.namespace if self.source.namespaced else None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledValidatingPolicy(_Identity):
+    """A ValidatingPolicy (or one of its autogen variants) ready to evaluate."""
+
+    source: ValidatingPolicy
+    ref: PolicyRef
+    variant: str
+    """"" for the policy as written, "autogen" or "autogen-cronjobs" for autogen variants."""
+    match_constraints: MatchResources | None
+    match_conditions: tuple[tuple[str, Program], ...] = ()
+    variables: Mapping[str, CompiledVariable] = field(default_factory=dict)
+    validations: tuple[CompiledValidation, ...] = ()
+    audit_annotations: tuple[tuple[str, Program], ...] = ()
+    error: PolicyCompileError | None = None
+    resources: frozenset[str] | None = None
+    """Plural resources the policy can match (None: any); see `engine.matching.candidate_resources`."""
 
     @property
     def json_mode(self) -> bool:
@@ -226,7 +235,7 @@ class CompiledMutation:
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledMutatingPolicy:
+class CompiledMutatingPolicy(_Identity):
     """A MutatingPolicy (or one of its autogen variants) ready to evaluate."""
 
     source: MutatingPolicy
@@ -239,21 +248,6 @@ class CompiledMutatingPolicy:
     audit_annotations: tuple[tuple[str, Program], ...] = ()
     error: PolicyCompileError | None = None
     resources: frozenset[str] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
-
-    @property
-    def name(self) -> str:
-        return self.source.name
-
-    @property
-    def kind(self) -> str:
-        return self.source.kind
-
-    @property
-    def namespace(self) -> str | None:
-        return self.source.metadata.namespace if self.source.namespaced else None
 
 
 def _compile_mutating(policy: MutatingPolicy, variant: str, env: Environment) -> CompiledMutatingPolicy:
@@ -304,7 +298,7 @@ class CompiledGeneration:
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledGeneratingPolicy:
+class CompiledGeneratingPolicy(_Identity):
     """A GeneratingPolicy ready to evaluate (GeneratingPolicies have no autogen)."""
 
     source: GeneratingPolicy
@@ -317,21 +311,6 @@ class CompiledGeneratingPolicy:
     error: PolicyCompileError | None = None
     resources: frozenset[str] | None = None
     variant: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
-
-    @property
-    def name(self) -> str:
-        return self.source.name
-
-    @property
-    def kind(self) -> str:
-        return self.source.kind
-
-    @property
-    def namespace(self) -> str | None:
-        return self.source.metadata.namespace if self.source.namespaced else None
 
 
 def _compile_generation(
