@@ -243,6 +243,11 @@ def main(argv: list[str]) -> int:
     print("3. A 3-policy ApplyConfiguration chain on one ~10 KB Pod, with the final RFC 6902 patch, in-process")
     for key, value in bench_mutation(args.evaluations).items():
         print(f"  {key:<26} {value:10.3f}")
+    from bench.generator import bench_generator
+
+    print("4. Background generator: namespace events to default-deny NetworkPolicies, in-memory cluster")
+    for key, value in bench_generator().items():
+        print(f"  {key:<26} {value:10.3f}")
     return 0
 
 

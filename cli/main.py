@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from cli.apply_command import apply_command
+from cli.controller_command import controller_command
 from cli.output import error_text
 from cli.test_command import test_command
 from engine.errors import CelvernError
@@ -50,7 +51,7 @@ class _GuardedGroup(click.Group):
 
 @click.group(cls=_GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def celvern() -> None:
-    """Evaluate Kyverno CEL policies (ValidatingPolicy, PolicyException) offline."""
+    """Evaluate Kyverno CEL policies (Validating, Mutating and Generating policies, PolicyExceptions)."""
 
 
 @celvern.command("version")
@@ -61,6 +62,7 @@ def version_command() -> None:
 
 celvern.add_command(apply_command)
 celvern.add_command(test_command)
+celvern.add_command(controller_command)
 
 
 def main() -> None:

@@ -1,0 +1,203 @@
+"""`celvern controller`: run the background generator against a cluster.
+
+Thin by design: load the GeneratingPolicies (from a directory or from the cluster's policies.kyverno.io
+resources), connect through `webhook.kubernetes_cluster`, refuse to start without the permissions the policies
+need, then loop `webhook.generator.Generator` while this replica holds the leader Lease
+(`webhook.leader.LeaderElector`). Metrics are served for Prometheus and logs are JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import click
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+
+from cli.suite import load_policy_set
+from engine.errors import CelvernError
+from engine.loader import Document
+from engine.policy_set import PolicySet, build_policy_set
+from engine.resources import DEFAULT_MAPPER, ResourceType
+from webhook import logs
+from webhook.cluster import ApiError, Cluster
+from webhook.generator import Generator, GeneratorMetrics
+from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
+from webhook.leader import LeaderElector
+
+log = logging.getLogger("celvern.controller")
+
+DEFAULT_GENERATED_KINDS = (
+    "networking.k8s.io/v1/NetworkPolicy",
+    "v1/ResourceQuota",
+    "v1/LimitRange",
+    "rbac.authorization.k8s.io/v1/RoleBinding",
+    "v1/ConfigMap",
+)
+POLICY_RESOURCES = tuple(
+    ResourceType("policies.kyverno.io", "v1", kind, plural, namespaced)
+    for kind, plural, namespaced in (
+        ("GeneratingPolicy", "generatingpolicies", False),
+        ("NamespacedGeneratingPolicy", "namespacedgeneratingpolicies", True),
+        ("PolicyException", "policyexceptions", True),
+    )
+)
+
+
+class ControllerError(CelvernError):
+    """The controller cannot start (no cluster configuration, missing permissions, no policies)."""
+
+
+def _resource_type(text: str) -> ResourceType:
+    api_version, _, kind = text.rpartition("/")
+    if not api_version or not kind:
+        raise click.BadParameter(f"expected apiVersion/Kind (e.g. networking.k8s.io/v1/NetworkPolicy), got {text!r}")
+    return DEFAULT_MAPPER.for_kind(api_version, kind)
+
+
+def policies_from_cluster(cluster: Cluster) -> PolicySet:
+    """GeneratingPolicies and PolicyExceptions stored in the cluster, compiled."""
+    documents = []
+    for resource in POLICY_RESOURCES:
+        for index, item in enumerate(cluster.list(resource).items):
+            item.setdefault("apiVersion", resource.api_version)
+            item.setdefault("kind", resource.kind)
+            name = (item.get("metadata") or {}).get("name", "")
+            documents.append(Document(item, f"cluster:{resource.resource}/{name}", index, text=""))
+    return build_policy_set(documents)
+
+
+def check_permissions(cluster: Cluster, kinds: Iterable[ResourceType]) -> None:
+    """Refuse to start, naming the kind, when this identity may not manage a kind the policies generate."""
+    missing = []
+    for resource in kinds:
+        for verb in ("create", "update", "delete", "list", "watch"):
+            if not cluster.allowed(verb, resource):
+                missing.append(f"{verb} {resource.resource}.{resource.group or 'core'}")
+    if missing:
+        raise ControllerError(
+            "the controller's service account lacks permissions for generated kinds: "
+            + ", ".join(missing)
+            + " (see deploy/controller-rbac.yaml)"
+        )
+
+
+def _template_kinds(policy_set: PolicySet) -> list[ResourceType]:
+    """Kinds named literally by the policies' templates (expressions are only known when they run)."""
+    kinds = []
+    for policy in policy_set.generating:
+        for generation in policy.source.generate:
+            if not generation.template:
+                continue
+            try:
+                documents = [d for d in yaml.safe_load_all(generation.template) if isinstance(d, dict)]
+            except yaml.YAMLError:
+                continue  # the compiler reported it already
+            for document in documents:
+                api_version, kind = document.get("apiVersion"), document.get("kind")
+                if isinstance(api_version, str) and isinstance(kind, str) and "((" not in api_version + kind:
+                    kinds.append(DEFAULT_MAPPER.for_kind(api_version, kind))
+    return kinds
+
+
+@click.command("controller")
+@click.option(
+    "--policies", "policy_paths", multiple=True, type=click.Path(exists=True), help="Policy files or directories."
+)
+@click.option("--from-cluster", is_flag=True, help="Read GeneratingPolicies and PolicyExceptions from the cluster.")
+@click.option(
+    "--kubeconfig", type=click.Path(), default=None, help="Kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."
+)
+@click.option("--context", "kube_context", default=None, help="Kubeconfig context.")
+@click.option("--in-cluster", is_flag=True, help="Use the pod's service account.")
+@click.option("--namespace", default="celvern", show_default=True, help="Namespace of the leader-election Lease.")
+@click.option("--lease-name", default="celvern-generator", show_default=True)
+@click.option("--identity", default=None, help="This replica's identity in the Lease [default: hostname].")
+@click.option("--metrics-port", type=int, default=9090, show_default=True, help="Prometheus metrics port (0: off).")
+@click.option(
+    "--generated-kind",
+    "generated_kinds",
+    multiple=True,
+    default=DEFAULT_GENERATED_KINDS,
+    show_default=True,
+    help="apiVersion/Kind the policies generate; permissions are checked at start (repeatable).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option("--once", is_flag=True, help="Reconcile what exists now, without leader election, then exit.")
+def controller_command(
+    policy_paths: tuple[str, ...],
+    from_cluster: bool,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    in_cluster: bool,
+    namespace: str,
+    lease_name: str,
+    identity: str | None,
+    metrics_port: int,
+    generated_kinds: tuple[str, ...],
+    log_level: str,
+    once: bool,
+) -> None:
+    """Create and keep in sync the resources GeneratingPolicies generate."""
+    if bool(policy_paths) == from_cluster:
+        raise click.UsageError("give either --policies or --from-cluster")
+    logs.configure(log_level)
+    try:
+        cluster = (
+            KubernetesCluster.in_cluster()
+            if in_cluster
+            else KubernetesCluster.from_kubeconfig(kubeconfig, kube_context)
+        )
+    except ClusterConfigError as error:
+        raise ControllerError(str(error)) from None
+    with cluster:
+        policy_set = policies_from_cluster(cluster) if from_cluster else load_policy_set(policy_paths, ())
+        if policy_set.compile_errors:
+            raise ControllerError("; ".join(str(error) for error in policy_set.compile_errors))
+        if not policy_set.generating:
+            raise ControllerError("no GeneratingPolicy to run")
+        kinds = {*(_resource_type(text) for text in generated_kinds), *_template_kinds(policy_set)}
+        try:
+            check_permissions(cluster, sorted(kinds, key=lambda r: (r.group, r.resource)))
+        except ApiError as error:
+            raise ControllerError(f"cannot check permissions: {error}") from None
+        registry = CollectorRegistry()
+        generator = Generator(cluster, policy_set, metrics=GeneratorMetrics(registry))
+        if once:
+            generator.start()
+            for _ in range(1000):  # bounded: a run over a quiet cluster converges in a few rounds
+                generator.sync_once()
+                if not generator.pending:
+                    break
+            return
+        if metrics_port:
+            start_http_server(metrics_port, registry=registry)
+        _run(cluster, generator, namespace, lease_name, identity or socket.gethostname())
+
+
+def _run(cluster: Cluster, generator: Generator, namespace: str, lease_name: str, identity: str) -> None:
+    stop = threading.Event()
+
+    def request_stop(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    elector = LeaderElector(cluster, namespace=namespace, name=lease_name, identity=identity)
+    started = False
+    while not stop.is_set():
+        if elector.step():
+            if not started:
+                generator.start()
+                started = True
+            generator.sync_once(timeout_seconds=1)
+        else:
+            started = False  # a new leader term starts with a fresh list
+            stop.wait(elector.retry_period)
+    elector.release()
+    log.info("controller stopped", extra={"identity": identity})
