@@ -375,13 +375,13 @@ def _scalar_text(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return _go_float(value)
+        return _go_print_float(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")  # CEL's JSON form of bytes, which Kyverno converts to
     return None
 
 
-def _go_float(value: float) -> str:
+def _go_print_float(value: float) -> str:
     """`value` as Go's `%v` prints a float64: shortest digits, exponent form below 1e-4 and from 1e6 up."""
     if math.isnan(value):
         return "NaN"
