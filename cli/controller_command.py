@@ -13,22 +13,20 @@ import signal
 import socket
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
-from prometheus_client import CollectorRegistry, start_http_server
 
 from cli.suite import load_policy_set
 from engine.errors import CelvernError
 from engine.loader import Document
 from engine.policy_set import PolicySet, build_policy_set
 from engine.resources import DEFAULT_MAPPER, ResourceType
-from webhook import logs
 from webhook.cluster import ApiError, Cluster
-from webhook.generator import Generator, GeneratorMetrics
-from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
-from webhook.leader import LeaderElector
+
+if TYPE_CHECKING:  # imported when the command runs: the kubernetes client costs every other command 0.5 s
+    from webhook.generator import Generator
 
 log = logging.getLogger("celvern.controller")
 
@@ -146,6 +144,12 @@ def controller_command(
     """Create and keep in sync the resources GeneratingPolicies generate."""
     if bool(policy_paths) == from_cluster:
         raise click.UsageError("give either --policies or --from-cluster")
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from webhook import logs
+    from webhook.generator import Generator, GeneratorMetrics
+    from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
+
     logs.configure(log_level)
     try:
         cluster = (
@@ -181,6 +185,8 @@ def controller_command(
 
 
 def _run(cluster: Cluster, generator: Generator, namespace: str, lease_name: str, identity: str) -> None:
+    from webhook.leader import LeaderElector
+
     stop = threading.Event()
 
     def request_stop(*_: Any) -> None:
