@@ -7,16 +7,25 @@ Python traceback. An unexpected exception prints one `internal error: ...` line 
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
 import click
 
 from cli.apply_command import apply_command
-from cli.controller_command import controller_command
 from cli.output import error_text
 from cli.test_command import test_command
 from engine.errors import CelvernError
+
+LAZY_COMMANDS = {
+    "controller": "cli.controller_command:controller_command",
+    "serve": "cli.serve_command:serve_command",
+    "protect": "cli.protect_command:protect_command",
+    "unprotect": "cli.protect_command:unprotect_command",
+}
+"""Commands whose modules import heavy libraries (the kubernetes client, uvicorn): loaded only when used, so that
+`celvern apply` and `celvern test` start fast."""
 
 DEBUG_VARIABLE = "CELVERN_DEBUG"
 
@@ -31,7 +40,26 @@ def _version() -> str:
 
 
 class _GuardedGroup(click.Group):
-    """A click group that turns celvern errors into exit code 2 and hides unexpected tracebacks."""
+    """A click group that turns celvern errors into exit code 2 and hides unexpected tracebacks, and loads the
+    `LAZY_COMMANDS` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in LAZY_COMMANDS:
+            return command
+        module_name, _, attribute = LAZY_COMMANDS[cmd_name].partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise  # a dependency of the command is missing: say so rather than "no such command"
+            return None
+        loaded = getattr(module, attribute)
+        assert isinstance(loaded, click.Command)
+        return loaded
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -62,7 +90,6 @@ def version_command() -> None:
 
 celvern.add_command(apply_command)
 celvern.add_command(test_command)
-celvern.add_command(controller_command)
 
 
 def main() -> None:

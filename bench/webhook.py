@@ -1,0 +1,251 @@
+"""Admission webhook throughput and latency on loopback, measured with `wrk` (Debian package `wrk`).
+
+Three servers, each pinned to core 0 while wrk runs on core 1: `celvern serve` with the 16 Pod Security
+ValidatingPolicies, the same server with no policies (the HTTP floor: parsing, routing, encoding), and a bare
+Starlette echo of the AdmissionReview (the framework floor). Every request is a `/validate` AdmissionReview of a
+~10 KB Pod. The engine's share per review is the difference of mean latencies between the first two.
+
+    python -m bench.webhook              # concurrency 8, 32, 128; 5 s each
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from bench.core import POD_SECURITY, make_pod, pod_security_policy_files
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+ECHO_APP = """
+import orjson
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+async def validate(request):
+    review = orjson.loads(await request.body())
+    answer = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "response": {"uid": review["request"]["uid"], "allowed": True}}
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+app = Starlette(routes=[Route("/validate", validate, methods=["POST"])])
+"""
+
+
+def review_body() -> bytes:
+    pod = make_pod("bench")
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0b6c1f5e-bench",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "name": "bench",
+            "operation": "CREATE",
+            "userInfo": {"username": "bench", "groups": ["system:authenticated"]},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
+    return orjson.dumps(review)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, path: str, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            if b" 200 " in sock.recv(128):
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not become ready")
+
+
+def pinned(command: list[str], core: int) -> list[str]:
+    return ["taskset", "-c", str(core), *command] if shutil.which("taskset") else command
+
+
+@contextlib.contextmanager
+def server(kind: str, policies: Path, workdir: Path) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a running server of `kind`: celvern, floor (no policies) or echo."""
+    port = free_port()
+    if kind == "echo":
+        (workdir / "echo_app.py").write_text(ECHO_APP)
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "echo_app:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--app-dir",
+            str(workdir),
+        ]
+        ready = "/validate"
+    else:
+        directory = policies if kind == "celvern" else workdir / "empty"
+        directory.mkdir(exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--policies",
+            str(directory),
+            "--insecure-http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ]
+        ready = "/readyz"
+    process = subprocess.Popen(pinned(command, 0), cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if kind == "echo":
+            time.sleep(1.5)
+        else:
+            wait_ready(port, ready)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of the server process and its children (uvicorn workers)."""
+    total = 0
+    for candidate in [pid, *children(pid)]:
+        with contextlib.suppress(OSError), open(f"/proc/{candidate}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+    return []
+
+
+_LATENCY = re.compile(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(port: int, body_file: Path, connections: int, seconds: int) -> dict[str, float]:
+    script = body_file.with_suffix(".lua")
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()\n'
+    )
+    command = pinned(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/validate",
+        ],
+        1,
+    )
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    latencies = {f"p{p}": float(v) * _UNIT[u] for p, v, u in _LATENCY.findall(output)}
+    failed = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        failed += sum(int(count) for count in socket_errors.groups())
+    return {"reviews/s": rate, **latencies, "errors": float(failed)}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.webhook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, nargs="+", default=[8, 32, 128])
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is not installed (Debian package `wrk`)", file=sys.stderr)
+        return 2
+    if not POD_SECURITY.is_dir():
+        print(f"pod-security policies not found at {POD_SECURITY}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="celvern-webhook-bench-"))
+    try:
+        policies = workdir / "policies"
+        policies.mkdir()
+        for path in pod_security_policy_files():
+            shutil.copy(path, policies / f"{path.parent.name}.yaml")
+        body = workdir / "review.json"
+        body.write_bytes(review_body())
+        print(
+            f"machine: {os.cpu_count()} cpus; review body {body.stat().st_size} bytes; wrk on core 1, server on core 0"
+        )
+        print(
+            f"{'server':<10} {'conns':>5} {'reviews/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7} "
+            f"{'RSS MiB':>8}"
+        )
+        means: dict[tuple[str, int], float] = {}
+        for kind in ("celvern", "floor", "echo"):
+            with server(kind, policies, workdir) as (port, pid):
+                run_wrk(port, body, 8, 1)  # warm-up
+                for connections in args.connections:
+                    result = run_wrk(port, body, connections, args.seconds)
+                    means[(kind, connections)] = connections / result["reviews/s"] * 1000
+                    print(
+                        f"{kind:<10} {connections:>5} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
+                        f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f} "
+                        f"{rss_mib(pid):>8.1f}"
+                    )
+        for connections in args.connections:
+            added = means[("celvern", connections)] - means[("floor", connections)]
+            print(f"engine share at {connections} connections: {added:.3f} ms per review (mean latency difference)")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
