@@ -81,7 +81,7 @@ def check_permissions(cluster: Cluster, kinds: Iterable[ResourceType]) -> None:
         raise ControllerError(
             "the controller's service account lacks permissions for generated kinds: "
             + ", ".join(missing)
-            + " (see deploy/controller-rbac.yaml)"
+            + " (see deploy/base/controller-rbac.yaml)"
         )
 
 

@@ -1,7 +1,7 @@
-"""Writes deploy/crds.yaml: the policies.kyverno.io CRDs celvern reads policies from.
+"""Writes deploy/base/crds.yaml: the policies.kyverno.io CRDs celvern reads policies from.
 
 Run `python deploy/render_crds.py` after changing the kinds below; the output is committed so that
-`kubectl apply -f deploy/` works without Python.
+`kubectl apply -k deploy/overlays/production` works without Python.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     )
     documents = [crd(*kind) for kind in KINDS]
     text = header + yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, explicit_start=True)
-    (Path(__file__).parent / "crds.yaml").write_text(text)
+    (Path(__file__).parent / "base" / "crds.yaml").write_text(text)
 
 
 if __name__ == "__main__":

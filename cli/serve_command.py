@@ -1,0 +1,408 @@
+"""`celvern serve`: run the admission webhook server (uvicorn + uvloop + httptools, TLS 1.2+).
+
+Why this module exists: it is the wiring between the pieces that each do one thing -- a policy source that hot
+reloads (`webhook.snapshot`), a namespace label cache (`webhook.namespaces`), certificates (`webhook.tls`), and the
+ASGI app (`webhook.server.create_app`) -- and the process model: one worker in this process, or `--workers N`
+processes sharing one listening socket under a small supervisor that restarts a worker that dies.
+
+TLS: one `ssl.SSLContext` per worker for the life of the process (handed to uvicorn through
+`ssl_context_factory`). An asyncio task on the worker's event loop reloads the certificate files into that context
+when they change, so renewal never restarts the server or drops a connection, and never races a handshake (it runs
+on the thread that does the handshakes). With generated certificates, the parent process renews the files in a
+timer thread when less than a third of their lifetime is left; with `--tls-cert/--tls-key`, whoever manages the
+files (e.g. cert-manager through a mounted Secret) rotates them.
+
+Heavy imports (uvicorn, the kubernetes client, the app) happen when the command runs, so `celvern --help` and the
+offline commands stay fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from webhook.kubernetes_cluster import KubernetesCluster
+    from webhook.tls import CertificateFiles
+
+log = logging.getLogger("celvern.serve")
+
+DEFAULT_PORT = 9443
+TLS_RELOAD_INTERVAL = 30.0
+"""Seconds between checks of the certificate files by each worker."""
+RENEWAL_CHECK_INTERVAL = 3600.0
+"""Seconds between renewal checks of generated certificates."""
+GRACEFUL_SHUTDOWN_SECONDS = 10
+INSECURE_WARNING = (
+    "WARNING: --insecure-http: serving admission reviews over plain HTTP. The Kubernetes API server only calls "
+    "webhooks over HTTPS; use this for local development only, never in a cluster."
+)
+
+
+class ServeError(click.ClickException):
+    """The server cannot start (bad options, no cluster configuration for --from-cluster, unusable TLS files)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What each worker needs to build its own sources and app (picklable: workers are spawned processes)."""
+
+    policy_paths: tuple[str, ...] = ()
+    from_cluster: bool = False
+    cert_path: str | None = None
+    key_path: str | None = None
+    """None for both: plain HTTP (--insecure-http)."""
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    in_cluster: bool = False
+    poll_interval: float = 2.0
+    tls_reload_interval: float = TLS_RELOAD_INTERVAL
+    log_level: str = "info"
+
+
+def _default_tls_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"celvern-tls-{os.getuid()}")
+
+
+@click.command("serve")
+@click.option(
+    "--policies",
+    "policy_paths",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Policy files or directories, reloaded when they change (a broken file keeps the last good set).",
+)
+@click.option(
+    "--from-cluster", is_flag=True, help="Read the policies.kyverno.io policies and exceptions from the cluster."
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True, help="Port (0: any).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="Serving certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="Its private key.")
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for the generated CA (ca.crt is the webhooks' caBundle) and serving certificate "
+    "[default: <tmp>/celvern-tls-<uid>]. Created when missing, renewed before expiry.",
+)
+@click.option("--service-name", default="celvern", show_default=True, help="Service name in the certificate's SANs.")
+@click.option("--service-namespace", default="celvern", show_default=True, help="Service namespace in the SANs.")
+@click.option(
+    "--tls-san", "extra_sans", multiple=True, help="Extra DNS name or IP address for the generated certificate."
+)
+@click.option("--insecure-http", is_flag=True, help="Serve plain HTTP. Local development only: never in a cluster.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--kubeconfig", type=click.Path(), default=None, help="Kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."
+)
+@click.option("--context", "kube_context", default=None, help="Kubeconfig context.")
+@click.option("--in-cluster", is_flag=True, help="Use the pod's service account.")
+@click.option(
+    "--poll-interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Policy reload period."
+)
+@click.option("--tls-reload-interval", type=click.FloatRange(min=0.1), default=TLS_RELOAD_INTERVAL, hidden=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def serve_command(
+    policy_paths: tuple[str, ...],
+    from_cluster: bool,
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_dir: str | None,
+    service_name: str,
+    service_namespace: str,
+    extra_sans: tuple[str, ...],
+    insecure_http: bool,
+    workers: int,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    in_cluster: bool,
+    poll_interval: float,
+    tls_reload_interval: float,
+    log_level: str,
+) -> None:
+    """Serve the admission webhook: POST /validate and /mutate, GET /healthz, /readyz and /metrics.
+
+    Namespace labels (for namespaceSelector) come from a watched cache of the cluster's Namespaces, found through
+    --kubeconfig/--context, --in-cluster, or automatically. Without any cluster configuration the server still
+    starts with --policies, but every namespace is unknown: policies with a namespaceSelector then fail to
+    evaluate and their failurePolicy decides (never "no labels").
+    """
+    if bool(policy_paths) == from_cluster:
+        raise click.UsageError("give either --policies or --from-cluster")
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert and tls_dir:
+        raise click.UsageError("give either --tls-cert/--tls-key or --tls-dir")
+    if insecure_http and (tls_cert or tls_dir):
+        raise click.UsageError("--insecure-http serves no TLS: drop the TLS options")
+
+    from webhook import logs
+
+    logs.configure(log_level)
+    _route_uvicorn_logs(log_level)
+
+    store = None
+    cert_path, key_path = tls_cert, tls_key
+    if insecure_http:
+        click.secho(INSECURE_WARNING, err=True, fg="red", bold=True)
+        log.warning("serving plain HTTP (--insecure-http): local development only")
+    elif not tls_cert:
+        from webhook.tls import CertificateStore, service_dns_names
+
+        directory = Path(tls_dir or _default_tls_dir())
+        store = CertificateStore(directory, dns_names=service_dns_names(service_name, service_namespace, extra_sans))
+        try:
+            store.ensure()
+        except OSError as error:
+            raise ServeError(f"cannot write certificates to {directory}: {error}") from None
+        cert_path, key_path = str(store.cert_path), str(store.key_path)
+        log.info("using generated certificates", extra={"ca": str(store.ca_cert_path), "dns_names": store.dns_names})
+
+    options = ServeOptions(
+        policy_paths=policy_paths,
+        from_cluster=from_cluster,
+        cert_path=cert_path,
+        key_path=key_path,
+        kubeconfig=kubeconfig,
+        kube_context=kube_context,
+        in_cluster=in_cluster,
+        poll_interval=poll_interval,
+        tls_reload_interval=tls_reload_interval,
+        log_level=log_level,
+    )
+    if options.cert_path and options.key_path:  # fail here, not in every worker, on unusable files
+        from webhook.tls import CertificateFiles
+
+        try:
+            CertificateFiles(options.cert_path, options.key_path).ssl_context()
+        except (OSError, ValueError) as error:
+            raise ServeError(f"cannot use the TLS certificate: {error}") from None
+    if from_cluster:  # fail fast without a cluster, before binding anything
+        connected = _connect(options)
+        if connected is not None:
+            connected.close()
+
+    try:
+        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {host}:{port}: {error}") from None
+    with listener:
+        log.info(
+            "listening",
+            extra={
+                "host": host,
+                "port": listener.getsockname()[1],
+                "scheme": "http" if insecure_http else "https",
+                "workers": workers,
+            },
+        )
+        if store is not None:
+            # Workers reload the files themselves (on their event loops); the timer only renews them.
+            store.start(RENEWAL_CHECK_INTERVAL, on_renewed=lambda: None)
+        try:
+            if workers == 1:
+                run_worker(options, listener)
+            else:
+                _supervise(options, listener, workers)
+        finally:
+            if store is not None:
+                store.stop()
+
+
+def _route_uvicorn_logs(level: str) -> None:
+    """uvicorn's own records go through celvern's JSON handler."""
+    ours = logging.getLogger("celvern")
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = list(ours.handlers)
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+# --- a worker ---------------------------------------------------------------------------------------------------
+
+
+def _connect(options: ServeOptions) -> KubernetesCluster | None:
+    """A `KubernetesCluster`, or None when no configuration exists and none was asked for explicitly."""
+    from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
+
+    explicit = options.in_cluster or options.kubeconfig is not None or options.kube_context is not None
+    try:
+        if options.in_cluster:
+            return KubernetesCluster.in_cluster()
+        if not explicit and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            with contextlib.suppress(ClusterConfigError):
+                return KubernetesCluster.in_cluster()
+        return KubernetesCluster.from_kubeconfig(options.kubeconfig, options.kube_context)
+    except ClusterConfigError as error:
+        if explicit or options.from_cluster:
+            raise ServeError(str(error)) from None
+        log.warning(
+            "no cluster configuration: namespace labels are unknown, policies with a namespaceSelector will follow "
+            "their failurePolicy",
+            extra={"error": str(error)},
+        )
+        return None
+
+
+def run_worker(options: ServeOptions, listener: socket.socket) -> None:
+    """Serve on `listener` in this process until SIGTERM/SIGINT (or the server stops)."""
+    import uvicorn
+    import uvloop
+
+    from webhook.namespaces import NamespaceCache
+    from webhook.server import create_app
+    from webhook.snapshot import ClusterPolicySource, DirectoryPolicySource
+    from webhook.state import NamespaceResolver, StaticNamespaces
+
+    cluster = _connect(options)
+    policies: DirectoryPolicySource | ClusterPolicySource
+    if options.from_cluster:
+        if cluster is None:
+            raise ServeError("--from-cluster needs a cluster configuration")
+        policies = ClusterPolicySource(cluster, poll_interval=options.poll_interval, load=False)
+    else:
+        policies = DirectoryPolicySource(options.policy_paths, poll_interval=options.poll_interval)
+    namespaces: NamespaceResolver
+    cache: NamespaceCache | None = None
+    if cluster is not None:
+        cache = NamespaceCache(cluster)
+        namespaces = cache
+    else:
+        namespaces = StaticNamespaces()
+
+    certificates: CertificateFiles | None = None
+    factory = None
+    if options.cert_path and options.key_path:
+        from webhook.tls import CertificateFiles
+
+        certificates = CertificateFiles(options.cert_path, options.key_path)
+        context = certificates.ssl_context()
+        factory = lambda _config, _default: context  # noqa: E731
+    config = uvicorn.Config(
+        create_app(policies, namespaces),
+        loop="uvloop",
+        http="httptools",
+        ssl_context_factory=factory,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        proxy_headers=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    stopping = threading.Event()
+
+    def request_stop(_signal: int, _frame: FrameType | None) -> None:
+        # Installed around uvicorn's own handlers: uvicorn re-raises the signal it caught after a graceful
+        # shutdown, and this turns that into a normal return instead of death by signal.
+        stopping.set()
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    policies.start()
+    if cache is not None:
+        cache.start()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(server, listener, certificates, options.tls_reload_interval))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        policies.stop()
+        if cache is not None:
+            cache.stop(timeout=1.0)
+        if cluster is not None:
+            cluster.close()
+        log.info("server stopped", extra={"pid": os.getpid()})
+
+
+async def _serve(server: Any, listener: socket.socket, certificates: CertificateFiles | None, interval: float) -> None:
+    watcher = asyncio.create_task(_watch_certificates(certificates, interval)) if certificates else None
+    try:
+        await server.serve(sockets=[listener])
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def _watch_certificates(certificates: CertificateFiles, interval: float) -> None:
+    """Reload renewed certificate files into the worker's context, on the loop that does the handshakes."""
+    while True:
+        await asyncio.sleep(interval)
+        certificates.reload()
+
+
+# --- several workers ------------------------------------------------------------------------------------------
+
+
+def _worker_main(options: ServeOptions, listener: socket.socket) -> None:
+    from webhook import logs
+
+    logs.configure(options.log_level)
+    _route_uvicorn_logs(options.log_level)
+    run_worker(options, listener)
+
+
+def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> None:
+    """Run `count` worker processes on the shared socket; restart any that dies; stop them all on SIGTERM/SIGINT."""
+    spawn = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+
+    def request_stop(_signal: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def launch() -> BaseProcess:
+        process = spawn.Process(target=_worker_main, args=(options, listener), name="celvern-worker")
+        process.start()
+        return process
+
+    processes = [launch() for _ in range(count)]
+    try:
+        while not stop.wait(0.5):
+            for index, process in enumerate(processes):
+                if not process.is_alive():
+                    log.error("worker died; restarting", extra={"pid": process.pid, "exitcode": process.exitcode})
+                    process.close()
+                    processes[index] = launch()
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(GRACEFUL_SHUTDOWN_SECONDS + 5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":  # `python -m cli.serve_command ...` until the command is registered in cli.main
+    serve_command(prog_name="celvern serve")
+    sys.exit(0)

@@ -1,0 +1,266 @@
+"""The admission webhook's HTTP face: a small Starlette app the API server calls for every matching request.
+
+It exists to keep the request path short and unbreakable: read the body with a hard size limit, parse it
+(`webhook.admission`), evaluate the current compiled snapshot inline (evaluation is CPU-bound and takes
+milliseconds, so a thread hop would cost more than it saves), answer, count, and log. Anything a client sends
+gets a well-formed answer: an AdmissionReview, or a JSON error (400 malformed, 413 too large, 503 not ready);
+an unexpected exception becomes a 500 JSON error and a log line, and the process keeps serving.
+
+Serving (uvicorn, TLS, workers) and policy loading belong to the CLI and `webhook.state` implementations; this
+module only needs a `PolicySource` and a `NamespaceResolver`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine.cel.services import Services
+from engine.evaluation import EvaluationContext
+from engine.matching import UNKNOWN_NAMESPACE, NamespaceLabels
+from engine.policy_set import PolicySet, run
+from engine.request import AdmissionRequest
+from engine.resources import DEFAULT_MAPPER, ResourceMapper
+from webhook.admission import (
+    AdmissionDecision,
+    ReviewError,
+    decide_mutation,
+    decide_validation,
+    error_body,
+    parse_review,
+    resource_path,
+    review_response,
+)
+from webhook.state import NamespaceResolver, PolicySource, Snapshot
+
+MAX_BODY = 3 * 1024 * 1024
+"""The API server's own request size limit (`MaxRequestSizeBytes`, ecosystem.md 5.3)."""
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 25, 30)
+"""Kyverno's default boundaries (ecosystem.md 2.1)."""
+
+log = logging.getLogger("celvern.webhook")
+audit_log = logging.getLogger("celvern.audit")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Metrics:
+    requests: Counter
+    duration: Histogram
+    results: Counter
+    http: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> _Metrics:
+        return cls(
+            requests=Counter(
+                "celvern_admission_requests_total",
+                "Admission reviews answered, by operation, decision and webhook path.",
+                ["operation", "allowed", "path"],
+                registry=registry,
+            ),
+            duration=Histogram(
+                "celvern_admission_review_duration_seconds",
+                "Time to answer one admission review, from the first byte read to the response.",
+                ["operation", "allowed", "path"],
+                buckets=DURATION_BUCKETS,
+                registry=registry,
+            ),
+            results=Counter(
+                "celvern_policy_results_total",
+                "Rule results of admission evaluations and what admission did with them.",
+                ["policy", "result", "kind", "operation", "action"],
+                registry=registry,
+            ),
+            http=Counter(
+                "celvern_http_requests_total",
+                "HTTP requests to the webhook routes, by path and status code (errors included).",
+                ["path", "code"],
+                registry=registry,
+            ),
+        )
+
+
+def _json(content: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes whether announced by Content-Length or streamed."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            announced = int(length)
+        except ValueError:
+            raise ReviewError(f"invalid Content-Length {length[:40]!r}") from None
+        if announced > limit:
+            raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    policies: PolicySource,
+    namespaces: NamespaceResolver,
+    *,
+    max_body: int = MAX_BODY,
+    registry: CollectorRegistry | None = None,
+    services: Services | None = None,
+    mapper: ResourceMapper = DEFAULT_MAPPER,
+) -> Starlette:
+    """The webhook app: `POST /validate`, `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
+    Without `registry`, the app gets its own registry with the process, platform and GC collectors (so several
+    apps in one process, as in tests, do not collide).
+    """
+    if registry is None:
+        registry = CollectorRegistry()
+        process_collector.ProcessCollector(registry=registry)
+        platform_collector.PlatformCollector(registry=registry)
+        gc_collector.GCCollector(registry=registry)
+    metrics = _Metrics.create(registry)
+    evaluation_services = services or Services()
+    split_cache: dict[str, tuple[Snapshot, PolicySet, PolicySet]] = {}
+
+    def policy_sets(snapshot: Snapshot) -> tuple[PolicySet, PolicySet]:
+        """(validating-only, mutating-only) views of the snapshot: each webhook runs only its own family (the
+        API server sends /validate the already mutated object). Cached per snapshot."""
+        cached = split_cache.get("current")
+        if cached is None or cached[0] is not snapshot:
+            full = snapshot.policy_set
+            cached = (
+                snapshot,
+                dataclasses.replace(full, mutating=(), generating=()),
+                dataclasses.replace(full, validating=(), generating=()),
+            )
+            split_cache["current"] = cached
+        return cached[1], cached[2]
+
+    def namespace_of(request: AdmissionRequest) -> tuple[NamespaceLabels, Mapping[str, Any] | None]:
+        if not request.namespace:
+            return NamespaceLabels({}), None
+        try:
+            return namespaces.lookup(request.namespace)
+        except Exception:
+            log.exception("namespace lookup failed", extra={"namespace": request.namespace})
+            return UNKNOWN_NAMESPACE, None
+
+    def record(path: str, request: AdmissionRequest, decision: AdmissionDecision, started: float) -> None:
+        operation = request.operation.lower()
+        allowed = "true" if decision.allowed else "false"
+        metrics.requests.labels(operation, allowed, path).inc()
+        metrics.duration.labels(operation, allowed, path).observe(time.perf_counter() - started)
+        for outcome in decision.outcomes:
+            metrics.results.labels(outcome.policy, outcome.result, request.kind.kind, operation, outcome.action).inc()
+        if decision.audit_events:
+            resource = resource_path(request)
+            user = request.user_info.username
+            for event in decision.audit_events:
+                audit_log.info(
+                    "%s",
+                    event.message,
+                    extra={
+                        "policy": event.policy,
+                        "action": event.action,
+                        "result": event.result,
+                        "resource": resource,
+                        "operation": request.operation,
+                        "user": user,
+                        "uid": request.uid,
+                        "severity": event.severity,
+                        "category": event.category,
+                        "dry_run": event.dry_run,
+                        "webhook": path,
+                    },
+                )
+
+    async def admit(http_request: Request, path: str, mutate: bool) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await _read_body(http_request, max_body)
+            request = parse_review(body, mapper)
+            snapshot = policies.current()
+            if snapshot is None:
+                return _json(error_body("no policy snapshot is loaded yet"), 503)
+            validating, mutating = policy_sets(snapshot)
+            labels, namespace_object = namespace_of(request)
+            context = EvaluationContext(
+                request=request,
+                namespace=labels,
+                namespace_object=namespace_object,
+                services=evaluation_services,
+                mapper=mapper,
+            )
+            if mutate:
+                decision = decide_mutation(run(mutating, context), request)
+            else:
+                decision = decide_validation(run(validating, context), request)
+            record(path, request, decision, started)
+            return _json(review_response(request.uid, decision))
+        except _BodyTooLarge:
+            return _json(error_body(f"request body is larger than {max_body} bytes"), 413)
+        except ReviewError as error:
+            return _json(error_body(f"malformed AdmissionReview: {error.message}"), 400)
+        except ClientDisconnect:
+            return _json(error_body("client disconnected"), 400)
+        except Exception:
+            log.exception("unexpected error while answering an admission review", extra={"path": path})
+            return _json(error_body("internal error while evaluating the request"), 500)
+
+    def counted(path: str, mutate: bool) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            response = await admit(request, path, mutate)
+            metrics.http.labels(path, str(response.status_code)).inc()
+            return response
+
+        return endpoint
+
+    async def healthz(_: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        snapshot = policies.current()
+        if snapshot is None:
+            return _json({"status": "not ready", "reason": "no policy snapshot is loaded yet"}, 503)
+        return _json({"status": "ready", "version": snapshot.version})
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/validate", counted("/validate", mutate=False), methods=["POST"]),
+            Route("/mutate", counted("/mutate", mutate=True), methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ]
+    )
