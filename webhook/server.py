@@ -173,13 +173,26 @@ def create_app(
             log.exception("namespace lookup failed", extra={"namespace": request.namespace})
             return UNKNOWN_NAMESPACE, None
 
+    children: dict[tuple[str, ...], Any] = {}
+
+    def child(metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: the lookup costs more than the increment on the hot path."""
+        key = (metric._name, *labels)
+        found = children.get(key)
+        if found is None:
+            if len(children) > 50_000:  # label sets come from policies and kinds: bounded, but stay safe
+                children.clear()
+            found = children[key] = metric.labels(*labels)
+        return found
+
     def record(path: str, request: AdmissionRequest, decision: AdmissionDecision, started: float) -> None:
         operation = request.operation.lower()
         allowed = "true" if decision.allowed else "false"
-        metrics.requests.labels(operation, allowed, path).inc()
-        metrics.duration.labels(operation, allowed, path).observe(time.perf_counter() - started)
+        child(metrics.requests, operation, allowed, path).inc()
+        child(metrics.duration, operation, allowed, path).observe(time.perf_counter() - started)
+        kind = request.kind.kind
         for outcome in decision.outcomes:
-            metrics.results.labels(outcome.policy, outcome.result, request.kind.kind, operation, outcome.action).inc()
+            child(metrics.results, outcome.policy, outcome.result, kind, operation, outcome.action).inc()
         if decision.audit_events:
             resource = resource_path(request)
             user = request.user_info.username
