@@ -20,10 +20,10 @@ import yaml
 
 from cli.suite import load_policy_set
 from engine.errors import CelvernError
-from engine.loader import Document
-from engine.policy_set import PolicySet, build_policy_set
+from engine.policy_set import PolicySet
 from engine.resources import DEFAULT_MAPPER, ResourceType
 from webhook.cluster import ApiError, Cluster
+from webhook.state import PolicySource, StaticPolicySource
 
 if TYPE_CHECKING:  # imported when the command runs: the kubernetes client costs every other command 0.5 s
     from webhook.generator import Generator
@@ -37,14 +37,6 @@ DEFAULT_GENERATED_KINDS = (
     "rbac.authorization.k8s.io/v1/RoleBinding",
     "v1/ConfigMap",
 )
-POLICY_RESOURCES = tuple(
-    ResourceType("policies.kyverno.io", "v1", kind, plural, namespaced)
-    for kind, plural, namespaced in (
-        ("GeneratingPolicy", "generatingpolicies", False),
-        ("NamespacedGeneratingPolicy", "namespacedgeneratingpolicies", True),
-        ("PolicyException", "policyexceptions", True),
-    )
-)
 
 
 class ControllerError(CelvernError):
@@ -56,18 +48,6 @@ def _resource_type(text: str) -> ResourceType:
     if not api_version or not kind:
         raise click.BadParameter(f"expected apiVersion/Kind (e.g. networking.k8s.io/v1/NetworkPolicy), got {text!r}")
     return DEFAULT_MAPPER.for_kind(api_version, kind)
-
-
-def policies_from_cluster(cluster: Cluster) -> PolicySet:
-    """GeneratingPolicies and PolicyExceptions stored in the cluster, compiled."""
-    documents = []
-    for resource in POLICY_RESOURCES:
-        for index, item in enumerate(cluster.list(resource).items):
-            item.setdefault("apiVersion", resource.api_version)
-            item.setdefault("kind", resource.kind)
-            name = (item.get("metadata") or {}).get("name", "")
-            documents.append(Document(item, f"cluster:{resource.resource}/{name}", index, text=""))
-    return build_policy_set(documents)
 
 
 def check_permissions(cluster: Cluster, kinds: Iterable[ResourceType]) -> None:
@@ -160,11 +140,26 @@ def controller_command(
     except ClusterConfigError as error:
         raise ControllerError(str(error)) from None
     with cluster:
-        policy_set = policies_from_cluster(cluster) if from_cluster else load_policy_set(policy_paths, ())
-        if policy_set.compile_errors:
-            raise ControllerError("; ".join(str(error) for error in policy_set.compile_errors))
-        if not policy_set.generating:
-            raise ControllerError("no GeneratingPolicy to run")
+        source: PolicySource
+        if from_cluster:
+            from webhook.snapshot import ClusterPolicySource
+
+            # Policies are re-read every few seconds: the controller starts on an empty cluster and picks up
+            # GeneratingPolicies as they are created, changed or deleted.
+            source = ClusterPolicySource(cluster, poll_interval=10.0)
+            snapshot = source.current()
+            if snapshot is None:
+                raise ControllerError("cannot read the policies.kyverno.io objects from the cluster")
+            policy_set = snapshot.policy_set
+            if not policy_set.generating:
+                log.warning("no GeneratingPolicy in the cluster yet; waiting for one")
+        else:
+            source = StaticPolicySource(None)
+            policy_set = load_policy_set(policy_paths, ())
+            if policy_set.compile_errors:
+                raise ControllerError("; ".join(str(error) for error in policy_set.compile_errors))
+            if not policy_set.generating:
+                raise ControllerError("no GeneratingPolicy to run")
         kinds = {*(_resource_type(text) for text in generated_kinds), *_template_kinds(policy_set)}
         try:
             check_permissions(cluster, sorted(kinds, key=lambda r: (r.group, r.resource)))
@@ -181,10 +176,12 @@ def controller_command(
             return
         if metrics_port:
             start_http_server(metrics_port, registry=registry)
-        _run(cluster, generator, namespace, lease_name, identity or socket.gethostname())
+        _run(cluster, generator, source, namespace, lease_name, identity or socket.gethostname())
 
 
-def _run(cluster: Cluster, generator: Generator, namespace: str, lease_name: str, identity: str) -> None:
+def _run(
+    cluster: Cluster, generator: Generator, source: PolicySource, namespace: str, lease_name: str, identity: str
+) -> None:
     from webhook.leader import LeaderElector
 
     stop = threading.Event()
@@ -196,7 +193,17 @@ def _run(cluster: Cluster, generator: Generator, namespace: str, lease_name: str
     signal.signal(signal.SIGINT, request_stop)
     elector = LeaderElector(cluster, namespace=namespace, name=lease_name, identity=identity)
     started = False
+    snapshot = source.current()
+    version = snapshot.version if snapshot is not None else ""
+    start_source = getattr(source, "start", None)
+    if start_source is not None:
+        start_source()
     while not stop.is_set():
+        snapshot = source.current()
+        if snapshot is not None and snapshot.version != version:
+            version = snapshot.version
+            generator.replace_policies(snapshot.policy_set)
+            log.info("policies reloaded", extra={"version": version})
         if elector.step():
             if not started:
                 generator.start()
@@ -206,4 +213,7 @@ def _run(cluster: Cluster, generator: Generator, namespace: str, lease_name: str
             started = False  # a new leader term starts with a fresh list
             stop.wait(elector.retry_period)
     elector.release()
+    stop_source = getattr(source, "stop", None)
+    if stop_source is not None:
+        stop_source()
     log.info("controller stopped", extra={"identity": identity})

@@ -58,3 +58,11 @@ def test_policies_or_cluster_is_required() -> None:
     result = CliRunner().invoke(celvern, ["controller", "--once"])
     assert result.exit_code == 2
     assert "give either --policies or --from-cluster" in result.output
+
+
+def test_from_cluster_waits_for_policies_instead_of_failing(tmp_path: Path) -> None:
+    cluster = InMemoryCluster()
+    with FakeApiServer(cluster) as server:
+        kubeconfig = server.write_kubeconfig(tmp_path)
+        result = CliRunner().invoke(celvern, ["controller", "--once", "--kubeconfig", kubeconfig, "--from-cluster"])
+    assert result.exit_code == 0, result.output
