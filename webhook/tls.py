@@ -57,8 +57,19 @@ def _utcnow() -> datetime.datetime:
 
 
 def service_dns_names(name: str, namespace: str, extra: Iterable[str] = ()) -> list[str]:
-    """The DNS names a Service is reached by, plus `extra` (further names or IP addresses), without duplicates."""
-    names = [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local", *extra]
+    """The DNS names a Service is reached by, plus `extra` (further names or IP addresses), without duplicates.
+
+    `localhost` and `127.0.0.1` are always included: probes and local runs (`celvern serve` on a laptop) reach the
+    server that way, and a name only the pod itself can use grants nothing to anyone else."""
+    names = [
+        name,
+        f"{name}.{namespace}",
+        f"{name}.{namespace}.svc",
+        f"{name}.{namespace}.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+        *extra,
+    ]
     return list(dict.fromkeys(names))
 
 
