@@ -132,11 +132,7 @@ def controller_command(
 
     logs.configure(log_level)
     try:
-        cluster = (
-            KubernetesCluster.in_cluster()
-            if in_cluster
-            else KubernetesCluster.from_kubeconfig(kubeconfig, kube_context)
-        )
+        cluster = KubernetesCluster.connect(kubeconfig=kubeconfig, context=kube_context, in_cluster=in_cluster)
     except ClusterConfigError as error:
         raise ControllerError(str(error)) from None
     with cluster:

@@ -227,11 +227,7 @@ def _run(
     from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
 
     try:
-        cluster = (
-            KubernetesCluster.in_cluster()
-            if in_cluster
-            else KubernetesCluster.from_kubeconfig(kubeconfig, kube_context)
-        )
+        cluster = KubernetesCluster.connect(kubeconfig=kubeconfig, context=kube_context, in_cluster=in_cluster)
     except ClusterConfigError as error:
         raise ProtectError(str(error)) from None
     with cluster:

@@ -113,6 +113,20 @@ class KubernetesCluster:
             raise ClusterConfigError(f"not running in a cluster: {error}") from error
         return cls(k8s_client.ApiClient(configuration), timeout=timeout)
 
+    @classmethod
+    def connect(
+        cls,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        in_cluster: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> KubernetesCluster:
+        """The command-line choice: the pod's service account with `in_cluster`, else a kubeconfig."""
+        if in_cluster:
+            return cls.in_cluster(timeout=timeout)
+        return cls.from_kubeconfig(kubeconfig, context, timeout=timeout)
+
     def close(self) -> None:
         self._api.close()
 
