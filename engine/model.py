@@ -200,8 +200,24 @@ class Metadata:
     labels: Mapping[str, str]
 
 
+class _PolicyIdentity:
+    """What every policy family's model shares: namespaced-ness from its kind, the name from its metadata."""
+
+    __slots__ = ()
+    kind: str
+    metadata: Metadata
+
+    @property
+    def namespaced(self) -> bool:
+        return self.kind.startswith("Namespaced")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
 @dataclass(frozen=True, slots=True)
-class ValidatingPolicy:
+class ValidatingPolicy(_PolicyIdentity):
     """A ValidatingPolicy or NamespacedValidatingPolicy, as written (before autogen and compilation)."""
 
     kind: str
@@ -221,14 +237,6 @@ class ValidatingPolicy:
     """`spec.autogen.podControllers.controllers`; None when unset (all controllers)."""
     document: Document
 
-    @property
-    def namespaced(self) -> bool:
-        return self.kind.startswith("Namespaced")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
 
 APPLY_CONFIGURATION = "ApplyConfiguration"
 JSON_PATCH = "JSONPatch"
@@ -244,7 +252,7 @@ class Mutation:
 
 
 @dataclass(frozen=True, slots=True)
-class MutatingPolicy:
+class MutatingPolicy(_PolicyIdentity):
     """A MutatingPolicy or NamespacedMutatingPolicy, as written (before autogen and compilation)."""
 
     kind: str
@@ -265,14 +273,6 @@ class MutatingPolicy:
     autogen_controllers: tuple[str, ...] | None
     document: Document
 
-    @property
-    def namespaced(self) -> bool:
-        return self.kind.startswith("Namespaced")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
 
 @dataclass(frozen=True, slots=True)
 class Generation:
@@ -286,7 +286,7 @@ class Generation:
 
 
 @dataclass(frozen=True, slots=True)
-class GeneratingPolicy:
+class GeneratingPolicy(_PolicyIdentity):
     """A GeneratingPolicy or NamespacedGeneratingPolicy, as written."""
 
     kind: str
@@ -303,14 +303,6 @@ class GeneratingPolicy:
     orphan_downstream_on_policy_delete: bool
     use_server_side_apply: bool
     document: Document
-
-    @property
-    def namespaced(self) -> bool:
-        return self.kind.startswith("Namespaced")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
     @property
     def failure_policy(self) -> str:
