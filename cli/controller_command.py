@@ -4,6 +4,11 @@ Thin by design: load the GeneratingPolicies (from a directory or from the cluste
 resources), connect through `webhook.kubernetes_cluster`, refuse to start without the permissions the policies
 need, then loop `webhook.generator.Generator` while this replica holds the leader Lease
 (`webhook.leader.LeaderElector`). Metrics are served for Prometheus and logs are JSON lines on stderr.
+
+With `--tls-secret`, the leader also owns the webhook's TLS material (`webhook.certificates`): at the start of each
+term and every `--certificate-check-interval` seconds it keeps that Secret holding a valid CA and serving
+certificate, and the caBundle of the `--webhook-configuration`s holding the CA, in a background round that never
+holds up the Lease renewal.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from webhook.cluster import ApiError, Cluster
 from webhook.state import PolicySource, StaticPolicySource
 
 if TYPE_CHECKING:  # imported when the command runs: the kubernetes client costs every other command 0.5 s
+    from webhook.certificates import CertificateRounds, SecretCertificates
     from webhook.generator import Generator
 
 log = logging.getLogger("celvern.controller")
@@ -48,6 +54,15 @@ def _resource_type(text: str) -> ResourceType:
     if not api_version or not kind:
         raise click.BadParameter(f"expected apiVersion/Kind (e.g. networking.k8s.io/v1/NetworkPolicy), got {text!r}")
     return DEFAULT_MAPPER.for_kind(api_version, kind)
+
+
+def _secret_reference(_: click.Context, __: click.Parameter, value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    namespace, _slash, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise click.BadParameter(f"expected NAMESPACE/NAME, got {value!r}")
+    return namespace, name
 
 
 def check_permissions(cluster: Cluster, kinds: Iterable[ResourceType]) -> None:
@@ -107,6 +122,31 @@ def _template_kinds(policy_set: PolicySet) -> list[ResourceType]:
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--once", is_flag=True, help="Reconcile what exists now, without leader election, then exit.")
+@click.option(
+    "--tls-secret",
+    metavar="NAMESPACE/NAME",
+    default=None,
+    callback=_secret_reference,
+    help="Keep the webhook's CA and serving certificate in this Secret (created, renewed) [default: off].",
+)
+@click.option("--service-name", default="celvern", show_default=True, help="Webhook Service name, for the SANs.")
+@click.option("--service-namespace", default="celvern", show_default=True, help="Webhook Service namespace (SANs).")
+@click.option(
+    "--tls-san", "extra_sans", multiple=True, help="Extra DNS name or IP address for the serving certificate."
+)
+@click.option(
+    "--webhook-configuration",
+    "webhook_configurations",
+    multiple=True,
+    help="Validating/MutatingWebhookConfiguration whose caBundle gets the CA (repeatable; needs --tls-secret).",
+)
+@click.option(
+    "--certificate-check-interval",
+    type=click.FloatRange(min=1.0),
+    default=600.0,
+    show_default=True,
+    help="Seconds between checks of the TLS Secret and caBundles.",
+)
 def controller_command(
     policy_paths: tuple[str, ...],
     from_cluster: bool,
@@ -120,13 +160,23 @@ def controller_command(
     generated_kinds: tuple[str, ...],
     log_level: str,
     once: bool,
+    tls_secret: tuple[str, str] | None,
+    service_name: str,
+    service_namespace: str,
+    extra_sans: tuple[str, ...],
+    webhook_configurations: tuple[str, ...],
+    certificate_check_interval: float,
 ) -> None:
-    """Create and keep in sync the resources GeneratingPolicies generate."""
+    """Create and keep in sync the resources GeneratingPolicies generate (and, with --tls-secret, the webhook's
+    certificates)."""
     if bool(policy_paths) == from_cluster:
         raise click.UsageError("give either --policies or --from-cluster")
+    if webhook_configurations and tls_secret is None:
+        raise click.UsageError("--webhook-configuration needs --tls-secret")
     from prometheus_client import CollectorRegistry, start_http_server
 
     from webhook import logs
+    from webhook.certificates import CertificateRounds, SecretCertificates
     from webhook.generator import Generator, GeneratorMetrics
     from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
 
@@ -161,9 +211,21 @@ def controller_command(
             check_permissions(cluster, sorted(kinds, key=lambda r: (r.group, r.resource)))
         except ApiError as error:
             raise ControllerError(f"cannot check permissions: {error}") from None
+        certificates = None
+        if tls_secret is not None:
+            from webhook.tls import service_dns_names
+
+            certificates = SecretCertificates(
+                cluster,
+                namespace=tls_secret[0],
+                name=tls_secret[1],
+                dns_names=service_dns_names(service_name, service_namespace, extra_sans),
+                webhook_configurations=webhook_configurations,
+            )
         registry = CollectorRegistry()
         generator = Generator(cluster, policy_set, metrics=GeneratorMetrics(registry))
         if once:
+            _reconcile_certificates_once(certificates)
             generator.start()
             for _ in range(1000):  # bounded: a run over a quiet cluster converges in a few rounds
                 generator.sync_once()
@@ -172,11 +234,36 @@ def controller_command(
             return
         if metrics_port:
             start_http_server(metrics_port, registry=registry)
-        _run(cluster, generator, source, namespace, lease_name, identity or socket.gethostname())
+        rounds = None
+        if certificates is not None:
+            rounds = CertificateRounds(certificates, interval=certificate_check_interval)
+        _run(cluster, generator, source, namespace, lease_name, identity or socket.gethostname(), rounds)
+
+
+def _reconcile_certificates_once(certificates: SecretCertificates | None) -> None:
+    if certificates is None:
+        return
+    result = certificates.reconcile()
+    if result.errors:
+        raise ControllerError("cannot reconcile the webhook certificates: " + "; ".join(result.errors))
+    log.info(
+        "webhook certificates reconciled",
+        extra={
+            "secret": result.secret,
+            "webhook_configurations": result.webhook_configurations,
+            "missing": result.missing,
+        },
+    )
 
 
 def _run(
-    cluster: Cluster, generator: Generator, source: PolicySource, namespace: str, lease_name: str, identity: str
+    cluster: Cluster,
+    generator: Generator,
+    source: PolicySource,
+    namespace: str,
+    lease_name: str,
+    identity: str,
+    certificates: CertificateRounds | None = None,
 ) -> None:
     from webhook.leader import LeaderElector
 
@@ -201,6 +288,8 @@ def _run(
             generator.replace_policies(snapshot.policy_set)
             log.info("policies reloaded", extra={"version": version})
         if elector.step():
+            if certificates is not None:
+                certificates.tick(new_term=not started)  # a background round: never holds up the Lease
             if not started:
                 generator.start()
                 started = True
@@ -208,6 +297,8 @@ def _run(
         else:
             started = False  # a new leader term starts with a fresh list
             stop.wait(elector.retry_period)
+    if certificates is not None:
+        certificates.join(timeout=15)  # a round in flight finishes before another replica may start one
     elector.release()
     stop_source = getattr(source, "stop", None)
     if stop_source is not None:

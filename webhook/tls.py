@@ -13,8 +13,13 @@ Loading goes through a private temporary file holding the key and certificate to
 belong to each other: a half-written pair (new certificate, old key) is skipped instead of breaking the context.
 
 Contexts accept TLS 1.2 and 1.3 only; TLS 1.2 is limited to ECDHE key exchange with AES-GCM or ChaCha20-Poly1305
-(TLS 1.3 suites are all AEAD). Writing to a Secret is not implemented here: mount the directory (or use
-`--tls-cert/--tls-key` with cert-manager); file changes are picked up by `CertificateFiles.reload`.
+(TLS 1.3 suites are all AEAD).
+
+The rules that decide whether stored material is still good (`renewal_reason`: a matching pair, a usable CA that
+issued the serving certificate, SANs covering the wanted names, more than `RENEW_FRACTION` of each lifetime left)
+and the issuing itself (`issue`: keep a usable CA, otherwise create one) are pure functions over PEM bytes, shared
+by `CertificateStore` (a directory) and `webhook.certificates.SecretCertificates` (a Secret that the controller
+owns and the webhook replicas mount read-only); file changes are picked up by `CertificateFiles.reload`.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger("celvern.tls")
@@ -134,8 +140,8 @@ def generate_serving(
     now = now or _utcnow()
     ca_certificate = x509.load_pem_x509_certificate(ca[0])
     ca_key = serialization.load_pem_private_key(ca[1], password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key must be an ECDSA key")
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the CA key must be an ECDSA or RSA key")
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key()
     certificate = (
@@ -169,7 +175,8 @@ def server_context() -> ssl.SSLContext:
     return context
 
 
-def _pair_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+def pair_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the PEM certificate and PEM private key belong together (False when either cannot be parsed)."""
     try:
         certificate = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -180,9 +187,97 @@ def _pair_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     return certificate.public_key().public_bytes(encoding, public) == key.public_key().public_bytes(encoding, public)
 
 
+def due(certificate: x509.Certificate, now: datetime.datetime) -> bool:
+    """Whether less than `RENEW_FRACTION` of the certificate's lifetime is left at `now` (expired included)."""
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    return end - now < (end - start) * RENEW_FRACTION
+
+
+def usable_ca(ca_pem: bytes | None, ca_key_pem: bytes | None, now: datetime.datetime) -> PemPair | None:
+    """The CA pair when it can go on signing at `now`: parseable, matching, a CA, an ECDSA or RSA key, not due."""
+    if ca_pem is None or ca_key_pem is None or not pair_matches(ca_pem, ca_key_pem):
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(ca_pem)
+        key = serialization.load_pem_private_key(ca_key_pem, password=None)
+        is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    if not is_ca or not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) or due(certificate, now):
+        return None
+    return ca_pem, ca_key_pem
+
+
+def renewal_reason(
+    ca_pem: bytes | None,
+    ca_key_pem: bytes | None,
+    cert_pem: bytes | None,
+    key_pem: bytes | None,
+    dns_names: Sequence[str],
+    now: datetime.datetime,
+) -> str | None:
+    """Why the stored material must be (re)issued at `now`, or None when it is good as it is.
+
+    Missing or unparseable parts, a serving key that does not match its certificate, a CA that cannot sign
+    (see `usable_ca`) or is due, a serving certificate that is due, was not issued by the CA, or does not cover
+    every name in `dns_names` (entries that are IP addresses are IP SANs).
+    """
+    if ca_pem is None or ca_key_pem is None or cert_pem is None or key_pem is None:
+        return "missing"
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        serving = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return "unparseable certificate"
+    if not pair_matches(cert_pem, key_pem):
+        return "serving key does not match its certificate"
+    if usable_ca(ca_pem, ca_key_pem, now) is None:
+        return "CA due for renewal" if pair_matches(ca_pem, ca_key_pem) and due(ca, now) else "CA unusable"
+    if due(serving, now):
+        return "serving certificate due for renewal"
+    try:
+        serving.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return "serving certificate not issued by the CA"
+    try:
+        covered = set(serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return "serving certificate has no SANs"
+    if not {_san(name) for name in dns_names} <= covered:
+        return "serving certificate does not cover the wanted names"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """What `issue` produced: the CA (kept or new) and a serving certificate it signed."""
+
+    ca: PemPair
+    serving: PemPair
+    new_ca: bool
+
+
+def issue(
+    ca: PemPair | None,
+    dns_names: Sequence[str],
+    *,
+    now: datetime.datetime,
+    ca_common_name: str = "celvern-ca",
+    ca_days: int = CA_DAYS,
+    serving_days: int = SERVING_DAYS,
+    ca_valid_at: datetime.datetime | None = None,
+) -> Issued:
+    """A new serving certificate for `dns_names`, signed by `ca` when it is usable at `ca_valid_at` (default
+    `now`), otherwise by a new CA (changing the CA means updating every caBundle: callers log it loudly)."""
+    kept = usable_ca(ca[0], ca[1], ca_valid_at or now) if ca is not None else None
+    signer = kept if kept is not None else generate_ca(ca_common_name, days=ca_days, now=now)
+    serving = generate_serving(signer, dns_names, days=serving_days, now=now)
+    return Issued(signer, serving, new_ca=kept is None)
+
+
 def load_pair(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     """Load a certificate chain and key into `context` (in place: new handshakes use it). ValueError on mismatch."""
-    if not _pair_matches(cert_pem, key_pem):
+    if not pair_matches(cert_pem, key_pem):
         raise ValueError("the certificate and the private key do not belong together")
     descriptor, path = tempfile.mkstemp(prefix="celvern-tls-", suffix=".pem")  # created 0600
     try:
@@ -301,27 +396,19 @@ class CertificateStore(CertificateFiles):
             return True
 
     def needs_renewal(self, now: datetime.datetime) -> bool:
-        """Whether the serving certificate (or the CA) is missing, unusable, or has less than 1/3 of its life left."""
-        try:
-            ca = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
-            serving = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-            if not self.ca_key_path.exists() or not _pair_matches(
-                self.cert_path.read_bytes(), self.key_path.read_bytes()
-            ):
-                return True
-        except (OSError, ValueError):
-            return True
-        if _due(ca, now) or _due(serving, now):
-            return True
-        try:
-            serving.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            return True
-        try:
-            covered = set(serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            return True
-        return not {_san(name) for name in self.dns_names} <= covered
+        """Whether the serving certificate (or the CA) is missing, unusable, or has less than 1/3 of its life left
+        (the rules of `renewal_reason`)."""
+        return (
+            renewal_reason(
+                _read_or_none(self.ca_cert_path),
+                _read_or_none(self.ca_key_path),
+                _read_or_none(self.cert_path),
+                _read_or_none(self.key_path),
+                self.dns_names,
+                now,
+            )
+            is not None
+        )
 
     def renew(self) -> None:
         """Issue a new serving certificate now (and a new CA when the current one is missing or due)."""
@@ -331,23 +418,24 @@ class CertificateStore(CertificateFiles):
     def _renew(self) -> None:
         now = self.clock()
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ca: PemPair | None = None
-        try:
-            ca_pem, ca_key = self.ca_cert_path.read_bytes(), self.ca_key_path.read_bytes()
-            if _pair_matches(ca_pem, ca_key) and not _due(x509.load_pem_x509_certificate(ca_pem), now):
-                ca = (ca_pem, ca_key)
-        except (OSError, ValueError):
-            pass
-        if ca is None:
-            if self.ca_cert_path.exists():
+        ca_pem, ca_key = _read_or_none(self.ca_cert_path), _read_or_none(self.ca_key_path)
+        issued = issue(
+            (ca_pem, ca_key) if ca_pem is not None and ca_key is not None else None,
+            self.dns_names,
+            now=now,
+            ca_common_name=self.ca_common_name,
+            ca_days=self.ca_days,
+            serving_days=self.serving_days,
+        )
+        if issued.new_ca:
+            if ca_pem is not None:
                 log.warning(
                     "creating a new CA: update the caBundle of the webhook configurations",
                     extra={"ca": str(self.ca_cert_path)},
                 )
-            ca = generate_ca(self.ca_common_name, days=self.ca_days, now=now)
-            _write_atomic(self.ca_key_path, ca[1], 0o600)
-            _write_atomic(self.ca_cert_path, ca[0], 0o644)
-        cert_pem, key_pem = generate_serving(ca, self.dns_names, days=self.serving_days, now=now)
+            _write_atomic(self.ca_key_path, issued.ca[1], 0o600)
+            _write_atomic(self.ca_cert_path, issued.ca[0], 0o644)
+        cert_pem, key_pem = issued.serving
         # Key first: a reader between the two writes sees a mismatched pair and skips it (see `reload`).
         _write_atomic(self.key_path, key_pem, 0o600)
         _write_atomic(self.cert_path, cert_pem, 0o644)
@@ -392,6 +480,8 @@ class CertificateStore(CertificateFiles):
             self._thread = None
 
 
-def _due(certificate: x509.Certificate, now: datetime.datetime) -> bool:
-    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-    return end - now < (end - start) * RENEW_FRACTION
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from cli.main import celvern
-from engine.resources import DEFAULT_MAPPER
+from engine.resources import DEFAULT_MAPPER, ResourceType
 from tests.webhook.fake_apiserver import FakeApiServer
-from webhook.cluster import InMemoryCluster
+from webhook.certificates import MUTATING_WEBHOOKS, SECRETS, VALIDATING_WEBHOOKS
+from webhook.cluster import ApiError, InMemoryCluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policies" / "default-deny-network-policy.yaml"
 NAMESPACES = DEFAULT_MAPPER.for_kind("v1", "Namespace")
@@ -66,3 +69,63 @@ def test_from_cluster_waits_for_policies_instead_of_failing(tmp_path: Path) -> N
         kubeconfig = server.write_kubeconfig(tmp_path)
         result = CliRunner().invoke(celvern, ["controller", "--once", "--kubeconfig", kubeconfig, "--from-cluster"])
     assert result.exit_code == 0, result.output
+
+
+def test_once_creates_the_tls_secret_and_injects_the_ca(tmp_path: Path) -> None:
+    cluster = InMemoryCluster()
+    for resource in (VALIDATING_WEBHOOKS, MUTATING_WEBHOOKS):
+        cluster.create(resource, {"metadata": {"name": "celvern"}, "webhooks": [{"name": "x.celvern.io"}]})
+    arguments = [
+        *("controller", "--once", "--from-cluster"),
+        *("--tls-secret", "celvern/celvern-webhook-tls", "--webhook-configuration", "celvern"),
+        *("--service-name", "celvern-webhook", "--service-namespace", "celvern"),
+    ]
+    with FakeApiServer(cluster) as server:
+        kubeconfig = server.write_kubeconfig(tmp_path)
+        result = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", kubeconfig])
+        again = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", kubeconfig])
+    assert (result.exit_code, again.exit_code) == (0, 0), result.output + again.output
+    secret = cluster.get(SECRETS, "celvern", "celvern-webhook-tls")
+    assert secret is not None and secret["metadata"]["resourceVersion"]
+    assert secret["type"] == "kubernetes.io/tls"
+    ca = base64.b64decode(secret["data"]["ca.crt"])
+    for resource in (VALIDATING_WEBHOOKS, MUTATING_WEBHOOKS):
+        configuration = cluster.get(resource, "", "celvern")
+        assert configuration is not None
+        assert base64.b64decode(configuration["webhooks"][0]["clientConfig"]["caBundle"]) == ca
+    assert '"secret":"unchanged"' in again.stderr  # the second run wrote nothing
+
+
+class SecretsForbidden(InMemoryCluster):
+    def get(self, resource: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
+        if resource.resource == "secrets":
+            raise ApiError(403, "secrets is forbidden")
+        return super().get(resource, namespace, name)
+
+
+def test_once_fails_when_the_tls_secret_cannot_be_read(tmp_path: Path) -> None:
+    with FakeApiServer(SecretsForbidden()) as server:
+        kubeconfig = server.write_kubeconfig(tmp_path)
+        result = CliRunner().invoke(
+            celvern,
+            [
+                *("controller", "--once", "--kubeconfig", kubeconfig, "--from-cluster"),
+                *("--tls-secret", "celvern/celvern-webhook-tls"),
+            ],
+        )
+    assert result.exit_code == 2
+    assert "cannot reconcile the webhook certificates" in result.stderr
+    assert "secrets is forbidden" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        pytest.param(["--tls-secret", "no-namespace"], "expected NAMESPACE/NAME", id="secret without namespace"),
+        pytest.param(["--webhook-configuration", "celvern"], "needs --tls-secret", id="configuration without secret"),
+    ],
+)
+def test_certificate_options_are_checked(arguments: list[str], message: str) -> None:
+    result = CliRunner().invoke(celvern, ["controller", "--once", "--from-cluster", *arguments])
+    assert result.exit_code == 2
+    assert message in result.output

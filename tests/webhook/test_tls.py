@@ -14,8 +14,20 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
-from webhook.tls import CertificateFiles, CertificateStore, generate_ca, generate_serving, service_dns_names
+from webhook.tls import (
+    CertificateFiles,
+    CertificateStore,
+    PemPair,
+    generate_ca,
+    generate_serving,
+    issue,
+    renewal_reason,
+    service_dns_names,
+)
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 
@@ -51,6 +63,103 @@ def test_store_creates_files_and_renews_when_a_third_of_the_lifetime_is_left(tmp
     # Wanting another DNS name re-issues the certificate.
     wider = CertificateStore(tmp_path / "tls", dns_names=["localhost", "other"], clock=lambda: now[0])
     assert wider.needs_renewal(now[0])
+
+
+# --- the shared rules (used by CertificateStore and webhook.certificates.SecretCertificates) -------------------
+
+NAMES = ["localhost", "127.0.0.1"]
+CA = generate_ca("rules-ca", now=NOW)
+SERVING = generate_serving(CA, NAMES, days=90, now=NOW)
+OTHER_CA = generate_ca("other-ca", now=NOW)
+
+
+def _material(**changes: bytes | None) -> dict[str, bytes | None]:
+    material: dict[str, bytes | None] = {"ca": CA[0], "ca_key": CA[1], "cert": SERVING[0], "key": SERVING[1]}
+    material.update(changes)
+    return material
+
+
+@pytest.mark.parametrize(
+    ("material", "names", "at", "reason"),
+    [
+        pytest.param(_material(), NAMES, NOW, None, id="good material"),
+        pytest.param(_material(cert=None), NAMES, NOW, "missing", id="no serving certificate"),
+        pytest.param(_material(ca=b"garbage"), NAMES, NOW, "unparseable certificate", id="corrupt CA certificate"),
+        pytest.param(
+            _material(key=OTHER_CA[1]), NAMES, NOW, "serving key does not match its certificate", id="key mismatch"
+        ),
+        pytest.param(_material(ca_key=OTHER_CA[1]), NAMES, NOW, "CA unusable", id="CA key mismatch"),
+        pytest.param(
+            _material(ca=OTHER_CA[0], ca_key=OTHER_CA[1]),
+            NAMES,
+            NOW,
+            "serving certificate not issued by the CA",
+            id="serving issued by another CA",
+        ),
+        pytest.param(
+            _material(cert=SERVING[1], key=SERVING[1]), NAMES, NOW, "unparseable certificate", id="key as certificate"
+        ),
+        pytest.param(_material(), NAMES, NOW + datetime.timedelta(days=59), None, id="serving 2/3 through its life"),
+        pytest.param(
+            _material(),
+            NAMES,
+            NOW + datetime.timedelta(days=61),
+            "serving certificate due for renewal",
+            id="serving less than 1/3 left",
+        ),
+        pytest.param(
+            _material(), NAMES, NOW + datetime.timedelta(days=2500), "CA due for renewal", id="CA less than 1/3 left"
+        ),
+        pytest.param(
+            _material(),
+            [*NAMES, "celvern.celvern.svc"],
+            NOW,
+            "serving certificate does not cover the wanted names",
+            id="a wanted name is not covered",
+        ),
+    ],
+)
+def test_renewal_reason(
+    material: dict[str, bytes | None], names: list[str], at: datetime.datetime, reason: str | None
+) -> None:
+    assert renewal_reason(material["ca"], material["ca_key"], material["cert"], material["key"], names, at) == reason
+
+
+def _rsa_ca() -> PemPair:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator-ca")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@pytest.mark.parametrize(
+    ("ca", "at", "keeps_ca"),
+    [
+        pytest.param(CA, NOW, True, id="usable ECDSA CA is kept"),
+        pytest.param(_rsa_ca(), NOW, True, id="usable RSA CA (made by an operator) is kept"),
+        pytest.param(CA, NOW + datetime.timedelta(days=2500), False, id="CA due: a new one"),
+        pytest.param((CA[0], OTHER_CA[1]), NOW, False, id="CA key mismatch: a new one"),
+        pytest.param(None, NOW, False, id="no CA: a new one"),
+    ],
+)
+def test_issue_keeps_a_usable_ca(ca: PemPair | None, at: datetime.datetime, keeps_ca: bool) -> None:
+    issued = issue(ca, NAMES, now=at)
+    assert issued.new_ca is not keeps_ca
+    assert (issued.ca == ca) is keeps_ca
+    assert renewal_reason(*issued.ca, *issued.serving, NAMES, at) is None
 
 
 def test_context_refuses_tls_1_1_and_weak_ciphers(tmp_path: Path) -> None:
