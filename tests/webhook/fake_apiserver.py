@@ -35,6 +35,16 @@ KNOWN: tuple[ResourceType, ...] = (
     ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True),
     ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
+    ResourceType(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        False,
+    ),
+    ResourceType(
+        "admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", False
+    ),
 )
 _BY_PATH = {(r.group, r.version, r.resource): r for r in KNOWN}
 _ROUTE = re.compile(
@@ -307,3 +317,18 @@ def _poll(
 ) -> Iterator[WatchEvent]:
     # InMemoryCluster.watch waits up to its timeout for a change; short waits keep a stopping server responsive.
     return cluster.watch(resource, since, namespace=namespace, timeout_seconds=wait)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def custom_resources(*resources: ResourceType) -> Iterator[None]:
+    """Serve `resources` (e.g. CRDs such as policies.kyverno.io) in every `FakeApiServer` inside the block.
+
+    Outside it, like an API server without those CRDs installed, their paths answer 404.
+    """
+    added = {(r.group, r.version, r.resource): r for r in resources if (r.group, r.version, r.resource) not in _BY_PATH}
+    _BY_PATH.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            del _BY_PATH[key]
