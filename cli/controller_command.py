@@ -190,9 +190,9 @@ def controller_command(
         if from_cluster:
             from webhook.snapshot import ClusterPolicySource
 
-            # Policies are re-read every few seconds: the controller starts on an empty cluster and picks up
-            # GeneratingPolicies as they are created, changed or deleted.
-            source = ClusterPolicySource(cluster, poll_interval=10.0)
+            # Policies are watched: the controller starts on an empty cluster and picks up GeneratingPolicies as
+            # they are created, changed or deleted (a full re-list every 5 minutes is a safety net).
+            source = ClusterPolicySource(cluster, poll_interval=300.0, watch_timeout=30)
             snapshot = source.current()
             if snapshot is None:
                 raise ControllerError("cannot read the policies.kyverno.io objects from the cluster")

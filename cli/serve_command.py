@@ -118,7 +118,11 @@ def _default_tls_dir() -> str:
 @click.option("--context", "kube_context", default=None, help="Kubeconfig context.")
 @click.option("--in-cluster", is_flag=True, help="Use the pod's service account.")
 @click.option(
-    "--poll-interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Policy reload period."
+    "--poll-interval",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between checks of --policies for changes (--from-cluster watches instead).",
 )
 @click.option("--tls-reload-interval", type=click.FloatRange(min=0.1), default=TLS_RELOAD_INTERVAL, hidden=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
@@ -282,7 +286,8 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
     if options.from_cluster:
         if cluster is None:
             raise ServeError("--from-cluster needs a cluster configuration")
-        policies = ClusterPolicySource(cluster, poll_interval=options.poll_interval, load=False)
+        # Watches deliver changes; a full re-list every 5 minutes is only a safety net against missed events.
+        policies = ClusterPolicySource(cluster, poll_interval=300.0, watch_timeout=30, load=False)
     else:
         policies = DirectoryPolicySource(options.policy_paths, poll_interval=options.poll_interval)
     namespaces: NamespaceResolver

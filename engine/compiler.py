@@ -32,6 +32,7 @@ from engine.model import (
     PolicyException,
     ValidatingPolicy,
 )
+from engine.pruning import EVERYTHING, Reads, merge, programs_in
 from engine.results import PolicyRef
 from engine.templating import Template, TemplateError, parse_template
 
@@ -65,6 +66,10 @@ class _Identity:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", candidate_resources(self.match_constraints))
+        # Policy variables are only ever evaluated inlined into the expressions that read them (as `cel.bind`s),
+        # so their standalone programs, whose whole value counts as read, do not take part.
+        programs = programs_in(self, skip=(CompiledVariable,))
+        object.__setattr__(self, "reads", merge(program.reads for program in programs))
 
     @property
     def name(self) -> str:
@@ -95,6 +100,8 @@ class CompiledValidatingPolicy(_Identity):
     audit_annotations: tuple[tuple[str, Program], ...] = ()
     error: PolicyCompileError | None = None
     resources: frozenset[str] | None = None
+    reads: Reads = EVERYTHING
+    """What the policy's expressions can read of `object`/`oldObject` (derived; see `engine.pruning`)."""
     """Plural resources the policy can match (None: any); see `engine.matching.candidate_resources`."""
 
     @property
@@ -248,6 +255,8 @@ class CompiledMutatingPolicy(_Identity):
     audit_annotations: tuple[tuple[str, Program], ...] = ()
     error: PolicyCompileError | None = None
     resources: frozenset[str] | None = None
+    reads: Reads = EVERYTHING
+    """What the policy's expressions can read of `object`/`oldObject` (derived; see `engine.pruning`)."""
 
 
 def _compile_mutating(policy: MutatingPolicy, variant: str, env: Environment) -> CompiledMutatingPolicy:
@@ -310,6 +319,8 @@ class CompiledGeneratingPolicy(_Identity):
     audit_annotations: tuple[tuple[str, Program], ...] = ()
     error: PolicyCompileError | None = None
     resources: frozenset[str] | None = None
+    reads: Reads = EVERYTHING
+    """What the policy's expressions can read of `object`/`oldObject` (derived; see `engine.pruning`)."""
     variant: str = ""
 
 

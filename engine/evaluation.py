@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from engine import matching
 from engine.cel import services as cel_services
 from engine.cel.environment import (
     EXCEPTIONS,
@@ -27,8 +28,9 @@ from engine.cel.environment import (
     Program,
 )
 from engine.compiler import CompiledException
-from engine.matching import MatchError, NamespaceLabels, matches
+from engine.matching import MatchError, NamespaceLabels, RequestShape, matches
 from engine.model import MatchResources
+from engine.pruning import Pruner
 from engine.request import AdmissionRequest
 from engine.resources import DEFAULT_MAPPER, ResourceMapper
 from engine.results import ResourceKey, RuleResult, Status
@@ -91,11 +93,19 @@ class Session:
     are refused with an error instead of run.
     """
 
-    __slots__ = ("_activation", "_base", "_deadline", "_environment", "_time_budget")
+    __slots__ = ("_activation", "_base", "_deadline", "_environment", "_pruners", "_time_budget")
 
-    def __init__(self, environment: Environment, context: EvaluationContext) -> None:
+    def __init__(
+        self, environment: Environment, context: EvaluationContext, pruners: Mapping[str, Pruner] | None = None
+    ) -> None:
+        """`pruners`: per root variable (`object`, `oldObject`), what cuts its value down to the parts the
+        expressions evaluated in this session can read (`engine.pruning`). None: the activation gets it all."""
         self._environment = environment
+        self._pruners = pruners or {}
         self._base = context.base_data()
+        for root, prune in self._pruners.items():
+            if self._base.get(root) is not None:
+                self._base[root] = prune(self._base[root])
         self._base[VARIABLES] = {}
         self._base[EXCEPTIONS] = NO_EXCEPTIONS
         self._activation = environment.activation(self._base)
@@ -110,7 +120,8 @@ class Session:
         """A new activation differing from the session's in `object` and/or `exceptions` (costs a conversion)."""
         data = dict(self._base)
         if object_ is not None:
-            data[OBJECT] = object_
+            prune = self._pruners.get(OBJECT)
+            data[OBJECT] = object_ if prune is None else prune(object_)
         if exceptions is not None:
             data[EXCEPTIONS] = exceptions
         return self._environment.activation(data)
@@ -168,6 +179,15 @@ def select(policy: Selectable, context: EvaluationContext) -> bool | RuleResult:
         return RuleResult(Status.ERROR, f"failed to execute matching: {error}")
 
 
+def decide_statically(policy: Selectable, shape: RequestShape) -> bool | None:
+    """What `select` answers for every request of this shape, or None when it depends on more than the shape."""
+    if policy.resources is not None and shape.resource not in policy.resources:
+        return False
+    if policy.namespace is not None:
+        return None
+    return matching.decide_statically(policy.match_constraints, shape)
+
+
 @dataclass(frozen=True, slots=True)
 class ExceptionDecision:
     """What PolicyExceptions decided: a final result (full exemption or error), or the activation to use."""
@@ -177,6 +197,10 @@ class ExceptionDecision:
     """An activation binding `exceptions` from partial exceptions; None to use the session's own."""
     exceptions: Mapping[str, list[str]] | None = None
     """The `exceptions` variable bound in `activation` (None when no partial exception applies)."""
+
+
+NO_DECISION = ExceptionDecision()
+"""No exception applies: evaluate the policy with the session's activation."""
 
 
 def exception_label(exception: CompiledException) -> str:
@@ -201,9 +225,11 @@ def decide_exceptions(
     kind: str, name: str, context: EvaluationContext, exceptions: Sequence[CompiledException], session: Session
 ) -> ExceptionDecision:
     """Apply the PolicyExceptions that target policy `kind`/`name` (kyverno-cel-spec.md 1.7 and 3.1)."""
+    if not exceptions:
+        return NO_DECISION
     applicable = [e for e in exceptions if e.applies_to(kind, name, context.now)]
     if not applicable:
-        return ExceptionDecision()
+        return NO_DECISION
     images: list[str] = []
     values: list[str] = []
     full: list[CompiledException] = []
@@ -242,4 +268,4 @@ def decide_exceptions(
     if images or values:
         partial = {"allowedImages": images, "allowedValues": values}
         return ExceptionDecision(activation=session.derive(exceptions=partial), exceptions=partial)
-    return ExceptionDecision()
+    return NO_DECISION

@@ -71,13 +71,16 @@ def evaluate_generating(
     context: EvaluationContext,
     exceptions: Sequence[CompiledException] = (),
     session: Session | None = None,
+    *,
+    matched: bool = False,
 ) -> PolicyResponse:
     """Evaluate one compiled GeneratingPolicy against one trigger request."""
     if context.request is None:
         return _response(policy, context)
-    selected = select(policy, context)
-    if selected is not True:
-        return _response(policy, context) if selected is False else _response(policy, context, selected)
+    if not matched:  # `matched`: the caller already knows the request falls under matchConstraints
+        selected = select(policy, context)
+        if selected is not True:
+            return _response(policy, context) if selected is False else _response(policy, context, selected)
     if policy.error is not None:
         return _response(policy, context, RuleResult(Status.ERROR, f"policy failed to compile: {policy.error}"))
     if session is None:

@@ -138,6 +138,66 @@ def matches(constraints: MatchResources | None, request: AdmissionRequest, names
     return any(rule_matches(rule, request) for rule in constraints.resource_rules)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """The parts of a request that resource rules look at, except names: what a match decision can be cached by."""
+
+    operation: str
+    group: str
+    version: str
+    resource: str
+    sub_resource: str
+    namespaced: bool
+
+    @classmethod
+    def of(cls, request: AdmissionRequest) -> RequestShape:
+        resource = request.resource
+        return cls(
+            request.operation,
+            resource.group,
+            resource.version,
+            resource.resource,
+            request.sub_resource,
+            request.namespaced,
+        )
+
+
+def _rule_decision(rule: ResourceRule, shape: RequestShape) -> bool | None:
+    """`rule_matches` for every request of this shape: None when the answer depends on the request's name."""
+    if not rule.operations or ("*" not in rule.operations and shape.operation not in rule.operations):
+        return False
+    if "*" not in rule.api_groups and shape.group not in rule.api_groups:
+        return False
+    if "*" not in rule.api_versions and shape.version not in rule.api_versions:
+        return False
+    if not any(_resource_matches(p, shape.resource, shape.sub_resource) for p in rule.resources):
+        return False
+    if (rule.scope == "Cluster" and shape.namespaced) or (rule.scope == "Namespaced" and not shape.namespaced):
+        return False
+    return None if rule.resource_names else True
+
+
+def decide_statically(constraints: MatchResources | None, shape: RequestShape) -> bool | None:
+    """What `matches` answers for every request of this shape, or None when it depends on more than the shape
+    (namespace or object labels, resource names). Lets evaluation index policies by request shape."""
+    if constraints is None:
+        return False
+    for selector in (constraints.namespace_selector, constraints.object_selector):
+        if selector is not None and not selector.empty:
+            return None
+    excluded = [_rule_decision(rule, shape) for rule in constraints.exclude_resource_rules]
+    if True in excluded:
+        return False
+    if None in excluded:
+        return None
+    if not constraints.resource_rules:
+        return True
+    included = [_rule_decision(rule, shape) for rule in constraints.resource_rules]
+    if True in included:
+        return True
+    return None if None in included else False
+
+
 def candidate_resources(constraints: MatchResources | None) -> frozenset[str] | None:
     """The plural resource names a policy can match at all, or None when any resource may match.
 

@@ -59,6 +59,8 @@ def evaluate_mutating(
     context: EvaluationContext,
     exceptions: Sequence[CompiledException] = (),
     session: Session | None = None,
+    *,
+    matched: bool = False,
 ) -> MutationOutcome:
     """Evaluate one compiled MutatingPolicy (or autogen variant) against one request.
 
@@ -67,9 +69,10 @@ def evaluate_mutating(
     """
     if context.request is None:
         return _outcome(policy, context)  # JSON payloads are not mutated by this version
-    selected = select(policy, context)
-    if selected is not True:
-        return _outcome(policy, context) if selected is False else _outcome(policy, context, selected)
+    if not matched:  # `matched`: the caller already knows the request falls under matchConstraints
+        selected = select(policy, context)
+        if selected is not True:
+            return _outcome(policy, context) if selected is False else _outcome(policy, context, selected)
     if policy.error is not None:
         status = Status.SKIP if policy.source.failure_policy == "Ignore" else Status.ERROR
         return _outcome(policy, context, RuleResult(status, f"policy failed to compile: {policy.error}"))

@@ -8,11 +8,12 @@ of silently ignoring them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from engine import patching
+from engine import patching, pruning
 from engine.cel.environment import generating_environment, mutating_environment, validating_environment
 from engine.compiler import (
     CompiledException,
@@ -26,9 +27,10 @@ from engine.compiler import (
     compile_validating_policy,
 )
 from engine.errors import PolicyCompileError
-from engine.evaluation import EvaluationContext, Session, evaluate_in
+from engine.evaluation import EvaluationContext, Session, decide_statically, evaluate_in
 from engine.generating import evaluate_generating
 from engine.loader import Document
+from engine.matching import RequestShape
 from engine.model import (
     EXCEPTION_KIND,
     GENERATING_KINDS,
@@ -43,7 +45,7 @@ from engine.model import (
 )
 from engine.mutating import evaluate_mutating
 from engine.results import PolicyResponse
-from engine.validating import evaluate_validating
+from engine.validating import FusedValidations, evaluate_fused, evaluate_validating, fusable, fuse
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,32 @@ class UnsupportedPolicy:
     document: Document
 
 
+_MAX_PLANS = 4096
+"""Request shapes remembered per policy set (bounded: shapes come from requests)."""
+
+_Policy = TypeVar("_Policy", CompiledMutatingPolicy, CompiledValidatingPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to evaluate for one request shape: (policy, static match decision) pairs per family, in order."""
+
+    mutating: tuple[tuple[CompiledMutatingPolicy, bool | None], ...]
+    validating: tuple[tuple[CompiledValidatingPolicy, bool | None], ...]
+    fused: FusedValidations | None = None
+    """The validating policies that match every request of this shape and can be tried in one runtime call."""
+
+
+def _planned(policies: Iterable[_Policy], shape: RequestShape) -> tuple[tuple[_Policy, bool | None], ...]:
+    planned: list[tuple[_Policy, bool | None]] = []
+    for policy in policies:
+        decision = decide_statically(policy, shape)
+        if decision is False and policy.variant:
+            continue
+        planned.append((policy, decision))
+    return tuple(planned)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySet:
     validating: tuple[CompiledValidatingPolicy, ...] = ()
@@ -60,6 +88,50 @@ class PolicySet:
     unsupported: tuple[UnsupportedPolicy, ...] = ()
     mutating: tuple[CompiledMutatingPolicy, ...] = ()
     generating: tuple[CompiledGeneratingPolicy, ...] = ()
+    reads: pruning.Reads = dataclasses.field(init=False, repr=False, compare=False, default=pruning.EVERYTHING)
+    """What the set's expressions can read of `object`/`oldObject`: the activation gets only that."""
+    pruners: Mapping[str, pruning.Pruner] = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    """Per root variable, the function that cuts a request's value down to `reads`."""
+
+    _plans: dict[RequestShape, Plan] = dataclasses.field(init=False, repr=False, compare=False, default_factory=dict)
+    _fusions: dict[tuple[int, ...], FusedValidations | None] = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def plan(self, shape: RequestShape) -> Plan:
+        """The mutating and validating policies for requests of this shape, in order, each with what matching
+        decides for every such request: True (matches; `select` need not run), None (depends on the request's
+        labels or name) or False (cannot match; autogen variants that cannot match are left out). Memoised per
+        shape: a webhook sees a handful of shapes, so matching costs a dict look-up, not a rule walk per policy."""
+        found = self._plans.get(shape)
+        if found is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            validating = _planned(self.validating, shape)
+            found = self._plans[shape] = Plan(_planned(self.mutating, shape), validating, self._fused(validating))
+        return found
+
+    def _fused(self, planned: Sequence[tuple[CompiledValidatingPolicy, bool | None]]) -> FusedValidations | None:
+        policies = [policy for policy, decision in planned if decision is True and fusable(policy, self.exceptions)]
+        key = tuple(id(policy) for policy in policies)
+        if key not in self._fusions:  # shapes with the same policies (CREATE and UPDATE of pods) share one
+            self._fusions[key] = fuse(policies)
+        return self._fusions[key]
+
+    @property
+    def unplanned(self) -> Plan:
+        """Every mutating and validating policy, each to be matched (for payloads that are not requests)."""
+        return Plan(tuple((p, None) for p in self.mutating), tuple((p, None) for p in self.validating))
+
+    def __post_init__(self) -> None:
+        exception_programs = pruning.programs_in(self.exceptions)
+        reads = pruning.merge(
+            [*(policy.reads for policy in self.compiled), *(program.reads for program in exception_programs)]
+        )
+        object.__setattr__(self, "reads", reads)
+        object.__setattr__(self, "pruners", {root: pruning.pruner(reads.tree(root)) for root in pruning.ROOTS})
 
     @property
     def compiled(self) -> tuple[CompiledPolicy, ...]:
@@ -145,49 +217,58 @@ class Evaluation:
         return patching.diff(self.original, self.patched)
 
 
-def run(policy_set: PolicySet, context: EvaluationContext) -> Evaluation:
+def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = True) -> Evaluation:
     """Mutate, validate, generate: mutating policies run in order, each on the previous one's output; validating
-    and generating policies see the mutated object (kyverno-cel-spec.md 3.3)."""
+    and generating policies see the mutated object (kyverno-cel-spec.md 3.3).
+
+    Every policy as written answers, with no rules when it does not match (`celvern test` scores that as
+    "Excluded"); autogen variants that cannot match the request's resource give no response. With
+    `unmatched=False` (admission, which only acts on rule results), mutating and validating policies that cannot
+    match requests of this shape (`PolicySet.plan`) give no response either and cost nothing. Every generating
+    policy always answers (the generator pairs policies with responses).
+    """
     responses: list[PolicyResponse] = []
-    original = context.request.object if context.request is not None else None
-    resource = context.request.resource.resource if context.request is not None else None
+    request = context.request
+    original = request.object if request is not None else None
+    plan = policy_set.plan(RequestShape.of(request)) if request is not None else policy_set.unplanned
     session: Session | None = None  # activations of either environment serve programs of both
     with evaluate_in(context.services):
-        if policy_set.mutating and original is not None:
-            session = Session(mutating_environment(), context)
-            for mutating_policy in policy_set.mutating:
-                if _cannot_match_variant(mutating_policy, resource):
+        if plan.mutating and original is not None:
+            session = Session(mutating_environment(), context, policy_set.pruners)
+            for mutating_policy, decision in plan.mutating:
+                if decision is False and not unmatched:
                     continue
-                outcome = evaluate_mutating(mutating_policy, context, policy_set.exceptions, session)
+                outcome = evaluate_mutating(
+                    mutating_policy, context, policy_set.exceptions, session, matched=decision is True
+                )
                 responses.append(outcome.response)
                 if outcome.patched is not None:
                     context = context.with_object(outcome.patched)
-                    session = Session(mutating_environment(), context)
-        if policy_set.validating:
-            session = session or Session(validating_environment(), context)
-            responses.extend(
-                evaluate_validating(policy, context, policy_set.exceptions, session)
-                for policy in policy_set.validating
-                if not _cannot_match_variant(policy, resource)
-            )
-        if policy_set.generating and context.request is not None:
-            session = session or Session(generating_environment(), context)
+                    session = Session(mutating_environment(), context, policy_set.pruners)
+        if plan.validating:
+            session = session or Session(validating_environment(), context, policy_set.pruners)
+            exceptions = policy_set.exceptions
+            passed: dict[int, PolicyResponse] = {}
+            if plan.fused is not None:
+                fused = evaluate_fused(plan.fused, context, session)
+                if fused is not None:
+                    passed = {id(p): r for p, r in zip(plan.fused.policies, fused, strict=True)}
+            for validating_policy, decision in plan.validating:
+                if decision is False and not unmatched:
+                    continue
+                response = passed.get(id(validating_policy))
+                if response is None:
+                    response = evaluate_validating(
+                        validating_policy, context, exceptions, session, matched=decision is True
+                    )
+                responses.append(response)
+        if policy_set.generating and request is not None:
+            session = session or Session(generating_environment(), context, policy_set.pruners)
             responses.extend(
                 evaluate_generating(policy, context, policy_set.exceptions, session) for policy in policy_set.generating
             )
     patched = context.request.object if context.request is not None else None
     return Evaluation(tuple(responses), original, patched if patched is not original else None)
-
-
-def _cannot_match_variant(policy: CompiledPolicy, resource: str | None) -> bool:
-    """An autogen variant that cannot match the request's resource gives no response at all (the policy as
-    written always answers, with no rules when it does not match), which saves work on every request."""
-    return (
-        bool(policy.variant)
-        and resource is not None
-        and policy.resources is not None
-        and resource not in policy.resources
-    )
 
 
 def evaluate(policy_set: PolicySet, context: EvaluationContext) -> list[PolicyResponse]:

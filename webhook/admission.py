@@ -313,36 +313,43 @@ def decide_validation(evaluation: Evaluation, request: AdmissionRequest) -> Admi
     annotations: dict[str, str] = {}
     events: list[AuditEvent] = []
     outcomes: list[PolicyOutcome] = []
-    for response, rule in _matched(evaluation, VALIDATING_KINDS):
+    dry_run = request.dry_run
+    for response in evaluation.responses:
         ref = response.policy
-        result = rule.status.value
-        message = rule.message or result
-
-        def event(action: str, *, ref: PolicyRef = ref, message: str = message, result: str = result) -> None:
-            events.append(AuditEvent(ref.key, action, message, ref.severity, ref.category, result, request.dry_run))
-
-        if rule.status is Status.ERROR and ref.failure_policy == IGNORE:
-            event(IGNORE)
-            outcomes.append(PolicyOutcome(ref.key, result, IGNORE))
+        if not response.rules or ref.kind not in VALIDATING_KINDS:
             continue
-        if rule.status not in (Status.FAIL, Status.ERROR):
-            outcomes.append(PolicyOutcome(ref.key, result, NONE))
-            continue
-        for action in ref.validation_actions or (Action.DENY,):
-            outcomes.append(PolicyOutcome(ref.key, result, action.value))
-            event(action.value)
-            if action is Action.DENY:
-                denies.append(f"policy {ref.key}: {message}")
-                failed = failed or rule.status is Status.FAIL
-            elif action is Action.WARN:
-                warnings.append(_bounded(_one_line(f"policy {ref.key}: {message}"), MAX_WARNING_CHARS))
-            elif action is Action.AUDIT:
-                key = annotation_key(ref)
-                value = _bounded(message, MAX_ANNOTATION_VALUE_CHARS)
-                if key in annotations:
-                    annotations[key] = _bounded(f"{annotations[key]}; {value}", MAX_ANNOTATION_VALUE_CHARS)
-                elif len(annotations) < MAX_ANNOTATIONS:
-                    annotations[key] = value
+        key = ref.key
+        for rule in response.rules:
+            status = rule.status
+            result = status.value
+            if status is Status.PASS or status is Status.SKIP:
+                outcomes.append(PolicyOutcome(key, result, NONE))
+                continue
+            message = rule.message or result
+            if status is Status.ERROR and ref.failure_policy == IGNORE:
+                events.append(AuditEvent(key, IGNORE, message, ref.severity, ref.category, result, dry_run))
+                outcomes.append(PolicyOutcome(key, result, IGNORE))
+                continue
+            if status is not Status.FAIL and status is not Status.ERROR:
+                outcomes.append(PolicyOutcome(key, result, NONE))
+                continue
+            for action in ref.validation_actions or (Action.DENY,):
+                outcomes.append(PolicyOutcome(key, result, action.value))
+                events.append(AuditEvent(key, action.value, message, ref.severity, ref.category, result, dry_run))
+                if action is Action.DENY:
+                    denies.append(f"policy {key}: {message}")
+                    failed = failed or status is Status.FAIL
+                elif action is Action.WARN:
+                    warnings.append(_bounded(_one_line(f"policy {key}: {message}"), MAX_WARNING_CHARS))
+                elif action is Action.AUDIT:
+                    annotation = annotation_key(ref)
+                    value = _bounded(message, MAX_ANNOTATION_VALUE_CHARS)
+                    if annotation in annotations:
+                        annotations[annotation] = _bounded(
+                            f"{annotations[annotation]}; {value}", MAX_ANNOTATION_VALUE_CHARS
+                        )
+                    elif len(annotations) < MAX_ANNOTATIONS:
+                        annotations[annotation] = value
     bounded_warnings = tuple(dict.fromkeys(warnings))
     if len(bounded_warnings) > MAX_WARNINGS:
         more = len(bounded_warnings) - (MAX_WARNINGS - 1)

@@ -233,9 +233,9 @@ def create_app(
                 mapper=mapper,
             )
             if mutate:
-                decision = decide_mutation(run(mutating, context), request)
+                decision = decide_mutation(run(mutating, context, unmatched=False), request)
             else:
-                decision = decide_validation(run(validating, context), request)
+                decision = decide_validation(run(validating, context, unmatched=False), request)
             record(path, request, decision, started)
             return _json(review_response(request.uid, decision))
         except _BodyTooLarge:

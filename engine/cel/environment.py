@@ -26,6 +26,7 @@ from engine.cel.libraries import Library
 from engine.cel.rewriting import bind_variables, rewrite
 from engine.cel.syntax import CelSyntaxError
 from engine.errors import Location, PolicyCompileError
+from engine.pruning import EVERYTHING, Reads, analyse
 
 # Variable names bound in every policy environment (kyverno-cel-spec.md 2.2).
 OBJECT = "object"
@@ -72,6 +73,8 @@ class Program:
     """Names of the policy variables the expression reads directly."""
     expression: Any  # cel_expr_python Expression
     return_type: str
+    reads: Reads = EVERYTHING
+    """The parts of `object`/`oldObject` the expression can read (see `engine.pruning`)."""
 
     def evaluate(self, activation: Any) -> Any:
         """The expression's value as plain Python data, or a CelError."""
@@ -187,6 +190,27 @@ class Environment:
             variables=rewritten.variables,
             expression=compiled,
             return_type=_type_name(compiled),
+            reads=analyse(text),
+        )
+
+    def combine(self, programs: Sequence[Program], template: str, *, path: str) -> Program | None:
+        """One program built from already compiled ones: `template` with `{0}`, `{1}`, ... standing for their
+        compiled texts (parenthesised). None when the runtime refuses it (nothing is raised: a combination is
+        only ever an optimisation)."""
+        text = template.format(*(f"({program.text})" for program in programs))
+        try:
+            compiled = self.env.compile(text)
+        except RuntimeError:
+            return None
+        return Program(
+            source=text,
+            text=text,
+            inlined=text,
+            path=path,
+            variables=frozenset(),
+            expression=compiled,
+            return_type=_type_name(compiled),
+            reads=analyse(text),
         )
 
     def _explain(self, original: str, text: str, message: str) -> str:

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from engine.matching import UNKNOWN_NAMESPACE, MatchError, NamespaceLabels, matches, selector_matches
+from engine.matching import (
+    UNKNOWN_NAMESPACE,
+    MatchError,
+    NamespaceLabels,
+    RequestShape,
+    decide_statically,
+    matches,
+    selector_matches,
+)
 from engine.model import LabelSelector, LabelSelectorRequirement, MatchResources, ResourceRule
 from engine.request import request_for_resource
 
@@ -247,3 +255,61 @@ def test_unknown_namespace_labels_are_an_error_not_a_bypass() -> None:
 )
 def test_selector_matches(selector: LabelSelector, given: dict[str, str], expected: bool) -> None:
     assert selector_matches(selector, given) is expected
+
+
+STATIC = [
+    ("rules-only", MatchResources(resource_rules=(rule(),)), POD, "CREATE", True),
+    ("other-operation", MatchResources(resource_rules=(rule(),)), POD, "DELETE", False),
+    (
+        "excluded",
+        MatchResources(resource_rules=(rule("*", "*", "*"),), exclude_resource_rules=(rule(),)),
+        POD,
+        "CREATE",
+        False,
+    ),
+    ("names-decide", MatchResources(resource_rules=(rule(resource_names=("web",)),)), POD, "CREATE", None),
+    ("excluded-by-name", MatchResources(exclude_resource_rules=(rule(resource_names=("web",)),)), POD, "CREATE", None),
+    (
+        "namespace-selector",
+        MatchResources(namespace_selector=labels(env="prod"), resource_rules=(rule(),)),
+        POD,
+        "CREATE",
+        None,
+    ),
+    (
+        "object-selector",
+        MatchResources(object_selector=labels(app="web"), resource_rules=(rule(),)),
+        POD,
+        "CREATE",
+        None,
+    ),
+    ("no-constraints", None, POD, "CREATE", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("constraints", "resource", "operation", "expected"), [c[1:] for c in STATIC], ids=[c[0] for c in STATIC]
+)
+def test_decide_statically(
+    constraints: MatchResources | None, resource: dict[str, Any], operation: str, expected: bool | None
+) -> None:
+    request = request_for_resource(resource, operation=operation)
+    assert decide_statically(constraints, RequestShape.of(request)) is expected
+
+
+@pytest.mark.parametrize(
+    ("constraints", "resource", "operation", "namespace", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_static_decisions_agree_with_matching(
+    constraints: MatchResources | None,
+    resource: dict[str, Any],
+    operation: str,
+    namespace: NamespaceLabels,
+    expected: bool,
+) -> None:
+    """Whatever is decided from the request's shape alone is what full matching answers."""
+    request = request_for_resource(resource, operation=operation)
+    decision = decide_statically(constraints, RequestShape.of(request))
+    assert decision is None or decision is expected

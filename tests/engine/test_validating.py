@@ -6,6 +6,12 @@ from typing import Any
 
 import pytest
 
+import engine.policy_set
+from engine.evaluation import EvaluationContext
+from engine.loader import parse_text
+from engine.policy_set import build_policy_set
+from engine.policy_set import run as run_policies
+from engine.request import request_for_resource
 from engine.results import PolicyResponse, RuleResult, Status
 
 PODS = """\
@@ -363,3 +369,66 @@ def test_namespaced_policy_sees_only_its_namespace(run: Any, namespace: str, mat
     resource["metadata"]["namespace"] = namespace
     text = policy(FAILING, kind="NamespacedValidatingPolicy")
     assert any(response.rules for response in run(text, resource)) is matched
+
+
+def test_admission_leaves_out_policies_that_cannot_match() -> None:
+    """`run(unmatched=False)` answers only for policies that can match; the rule results are the same."""
+    deny = '  validations:\n  - expression: "false"\n'
+    services = PODS.replace("pods", "services")
+    texts = [policy(deny, name="pods-only"), policy(deny, name="services-only", rules=services)]
+    policy_set = build_policy_set([d for text in texts for d in parse_text(text, "<test>")])
+    context = EvaluationContext(request=request_for_resource(pod()))
+    every = run_policies(policy_set, context).responses
+    admission = run_policies(policy_set, context, unmatched=False).responses
+    assert [r.policy.name for r in every] == ["pods-only", "services-only"]
+    assert [r.policy.name for r in admission] == ["pods-only"]
+    assert admission[0] == every[0] and every[0].rules[0].status is Status.FAIL
+    assert not every[1].rules
+
+
+# --- fused validations ---------------------------------------------------------------------------------------------
+
+HOST_NETWORK = (
+    '  validations:\n  - expression: "!object.spec.?hostNetwork.orValue(false)"\n    message: no host network\n'
+)
+PRIVILEGED = (
+    "  variables:\n  - name: containers\n    expression: object.spec.containers\n"
+    '  validations:\n  - expression: "variables.containers.all(c, !c.?securityContext.?privileged.orValue(false))"\n'
+    "    message: no privileged containers\n"
+    "  - expression: \"object.metadata.name != 'forbidden'\"\n"
+)
+AUDITED = '  validations:\n  - expression: "true"\n  auditAnnotations:\n  - key: seen\n    valueExpression: "\'yes\'"\n'
+MANY = '  validations:\n  - expression: "object.spec.items.all(i, i >= 0)"\n'
+
+FUSION = [
+    ("all pass", [HOST_NETWORK, PRIVILEGED, AUDITED], pod(), 1),
+    ("one fails", [HOST_NETWORK, PRIVILEGED, AUDITED], pod(hostNetwork=True), 3),
+    ("second validation fails", [HOST_NETWORK, PRIVILEGED], pod("forbidden"), 2),
+    ("error in one", [HOST_NETWORK, '  validations:\n  - expression: "object.spec.nosuch == 1"\n'], pod(), 2),
+    ("iteration budget of the batch", [MANY, MANY], pod(items=list(range(6000))), 2),
+]
+
+
+@pytest.mark.parametrize(("specs", "resource", "one_by_one"), [c[1:] for c in FUSION], ids=[c[0] for c in FUSION])
+def test_fused_validations_agree_with_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, specs: list[str], resource: dict[str, Any], one_by_one: int
+) -> None:
+    """The fused program decides only when every policy passes; otherwise policies run one by one. Either way the
+    responses are the ones of evaluating each policy on its own."""
+    texts = [policy(spec, name=f"policy-{i}") for i, spec in enumerate(specs)]
+    documents = [d for text in texts for d in parse_text(text, "<test>")]
+    context = EvaluationContext(request=request_for_resource(resource))
+    calls: list[str] = []
+    evaluate_one = engine.policy_set.evaluate_validating
+
+    def counted(policy: Any, *args: Any, **kwargs: Any) -> PolicyResponse:
+        calls.append(policy.name)
+        return evaluate_one(policy, *args, **kwargs)
+
+    monkeypatch.setattr(engine.policy_set, "evaluate_validating", counted)
+    fused = run_policies(build_policy_set(documents), context, unmatched=False).responses
+    assert len(calls) == one_by_one  # the audited policy is never fused; a failure sends every policy one by one
+    monkeypatch.setattr(engine.policy_set, "fuse", lambda policies: None)
+    alone = run_policies(build_policy_set(documents), context, unmatched=False).responses
+    assert fused == alone
+    assert len(calls) == one_by_one + len(specs)
