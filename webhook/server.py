@@ -251,7 +251,7 @@ def create_app(
     def counted(path: str, mutate: bool) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             response = await admit(request, path, mutate)
-            metrics.http.labels(path, str(response.status_code)).inc()
+            child(metrics.http, path, str(response.status_code)).inc()
             return response
 
         return endpoint
