@@ -6,7 +6,11 @@ Starlette echo of the AdmissionReview (the framework floor). Every request is a 
 ~10 KB Pod. wrk saturates the one-core server, so 1/throughput is its time per review, and the engine's share is
 the difference of that between the first two.
 
-    python -m bench.webhook              # concurrency 8, 32, 128; 5 s each
+Then the same celvern server is driven at fixed rates (`--rates`, default 1,000 and 1,500 reviews/s) by wrk with
+random pauses between requests, which is how an API server loads a webhook: that shows the latency at a given
+load, while the flat-out runs show capacity.
+
+    python -m bench.webhook              # concurrency 8, 32, 128; 5 s each; paced at 1,000 and 1,500/s
 """
 
 from __future__ import annotations
@@ -190,6 +194,54 @@ def run_wrk(port: int, body_file: Path, connections: int, seconds: int) -> dict[
         1,
     )
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return _parse_wrk(output)
+
+
+PACED_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{body}", "rb"); wrk.body = f:read("*all"); f:close()
+local mean = {pause_ms}
+math.randomseed(os.time())
+function delay() return -mean * math.log(1 - math.random()) end
+"""
+
+
+def run_paced(port: int, body_file: Path, rate: float, connections: int, seconds: int) -> dict[str, float]:
+    """wrk at a target rate instead of flat out: after each answer, every connection pauses for an exponentially
+    distributed time (so arrivals are close to random, not in lock-step bursts). The pause is calibrated by a
+    short run so that connections x 1/(pause + latency) is `rate`. Latencies exclude the pause: they are what
+    the API server would wait at that load."""
+
+    def once(pause_ms: float, duration: int) -> dict[str, float]:
+        script = body_file.with_name("paced.lua")
+        script.write_text(PACED_SCRIPT.format(body=body_file, pause_ms=f"{pause_ms:.4f}"))
+        command = pinned(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--latency",
+                "-s",
+                str(script),
+                f"http://127.0.0.1:{port}/validate",
+            ],
+            1,
+        )
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        return _parse_wrk(output)
+
+    period_ms = 1000 * connections / rate
+    pause = period_ms
+    for _ in range(2):  # calibrate: latency = connections/achieved - pause
+        achieved = once(pause, 2)["reviews/s"]
+        latency_ms = 1000 * connections / max(achieved, 1.0) - pause
+        pause = max(0.0, period_ms - latency_ms)
+    return once(pause, seconds)
+
+
+def _parse_wrk(output: str) -> dict[str, float]:
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
@@ -206,6 +258,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[1000.0, 1500.0],
+        help="reviews/s for the paced runs of celvern (8 connections); none to skip them",
+    )
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian package `wrk`)", file=sys.stderr)
@@ -239,6 +298,17 @@ def main(argv: list[str]) -> int:
                         f"{kind:<10} {connections:>5} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
                         f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f} "
                         f"{rss_mib(pid):>8.1f}"
+                    )
+        if args.rates:
+            print("\npaced (8 connections, random pauses; latency is the server's answer time at that load)")
+            print(f"{'target/s':>9} {'reviews/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            with server("celvern", policies, workdir) as (port, _):
+                run_wrk(port, body, 8, 1)  # warm-up
+                for rate in args.rates:
+                    result = run_paced(port, body, rate, 8, args.seconds)
+                    print(
+                        f"{rate:>9.0f} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
+                        f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f}"
                     )
         for connections in args.connections:
             # The server is saturated (one core), so 1/throughput is its CPU time per review.
