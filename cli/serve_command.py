@@ -5,6 +5,13 @@ reloads (`webhook.snapshot`), a namespace label cache (`webhook.namespaces`), ce
 ASGI app (`webhook.server.create_app`) -- and the process model: one worker in this process, or `--workers N`
 processes sharing one listening socket under a small supervisor that restarts a worker that dies.
 
+Metrics with several workers: a scrape of `/metrics` reaches one worker, so each worker must report the totals of
+all of them. The supervisor switches prometheus_client to its multiprocess mode: it creates a private directory
+(0700), exports it as `PROMETHEUS_MULTIPROC_DIR` before it spawns any worker (spawned workers inherit the
+environment and import prometheus_client afresh, so every metric they create is backed by a file there), tells
+prometheus_client when a worker dies, and removes the directory when it stops. Counts of a worker that died stay
+in the directory, so totals never go backwards. A single worker keeps in-memory metrics (no files).
+
 TLS: one `ssl.SSLContext` per worker for the life of the process (handed to uvicorn through
 `ssl_context_factory`). An asyncio task on the worker's event loop reloads the certificate files into that context
 when they change, so renewal never restarts the server or drops a connection, and never races a handshake (it runs
@@ -24,6 +31,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -50,6 +58,8 @@ TLS_RELOAD_INTERVAL = 30.0
 RENEWAL_CHECK_INTERVAL = 3600.0
 """Seconds between renewal checks of generated certificates."""
 GRACEFUL_SHUTDOWN_SECONDS = 10
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Where prometheus_client's multiprocess mode keeps the metric files of all workers."""
 INSECURE_WARNING = (
     "WARNING: --insecure-http: serving admission reviews over plain HTTP. The Kubernetes API server only calls "
     "webhooks over HTTPS; use this for local development only, never in a cluster."
@@ -378,13 +388,25 @@ def _worker_main(options: ServeOptions, listener: socket.socket) -> None:
 
 
 def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> None:
-    """Run `count` worker processes on the shared socket; restart any that dies; stop them all on SIGTERM/SIGINT."""
+    """Run `count` worker processes on the shared socket; restart any that dies; stop them all on SIGTERM/SIGINT.
+
+    The workers share their metrics through a private directory (prometheus_client's multiprocess mode), so that
+    whichever worker answers `/metrics` reports the totals of all of them.
+    """
+    from prometheus_client import multiprocess
+
     spawn = multiprocessing.get_context("spawn")
     stop = threading.Event()
 
     def request_stop(_signal: int, _frame: FrameType | None) -> None:
         stop.set()
 
+    # mkdtemp: a new, empty directory (nothing left from an earlier run to wipe), mode 0700. A "spawn" child starts
+    # a new interpreter with this process's environment, so the variable is set before it imports prometheus_client.
+    metrics_dir = tempfile.mkdtemp(prefix="celvern-metrics-")
+    previous_env = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = metrics_dir
+    log.info("workers share metrics", extra={"directory": metrics_dir})
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def launch() -> BaseProcess:
@@ -392,12 +414,18 @@ def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> No
         process.start()
         return process
 
-    processes = [launch() for _ in range(count)]
+    def retire(process: BaseProcess) -> None:
+        if process.pid is not None:
+            multiprocess.mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+    processes: list[BaseProcess] = []
     try:
+        processes.extend(launch() for _ in range(count))
         while not stop.wait(0.5):
             for index, process in enumerate(processes):
                 if not process.is_alive():
                     log.error("worker died; restarting", extra={"pid": process.pid, "exitcode": process.exitcode})
+                    retire(process)
                     process.close()
                     processes[index] = launch()
     finally:
@@ -409,8 +437,14 @@ def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> No
             if process.is_alive():
                 process.kill()
                 process.join(5)
+            retire(process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if previous_env is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous_env
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":  # `python -m cli.serve_command ...` until the command is registered in cli.main

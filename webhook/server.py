@@ -6,6 +6,12 @@ milliseconds, so a thread hop would cost more than it saves), answer, count, and
 gets a well-formed answer: an AdmissionReview, or a JSON error (400 malformed, 413 too large, 503 not ready);
 an unexpected exception becomes a 500 JSON error and a log line, and the process keeps serving.
 
+Metrics: each app counts into its own registry, which `/metrics` serves together with the process, platform and
+GC collectors. With several worker processes (`celvern serve --workers N`), the CLI sets `PROMETHEUS_MULTIPROC_DIR`
+before the workers start; prometheus_client then backs every metric with a file in that directory, and `/metrics`
+serves the sum over all workers' files (`MultiProcessCollector`), whichever worker answers. The process, platform
+and GC collectors describe one process and do not work in that mode, so they are left out there.
+
 Serving (uvicorn, TLS, workers) and policy loading belong to the CLI and `webhook.state` implementations; this
 module only needs a `PolicySource` and a `NamespaceResolver`.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -26,8 +33,10 @@ from prometheus_client import (
     Histogram,
     gc_collector,
     generate_latest,
+    multiprocess,
     platform_collector,
     process_collector,
+    values,
 )
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -54,6 +63,8 @@ from webhook.state import NamespaceResolver, PolicySource, Snapshot
 
 MAX_BODY = 3 * 1024 * 1024
 """The API server's own request size limit (`MaxRequestSizeBytes`, ecosystem.md 5.3)."""
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (to a directory shared by the worker processes) when prometheus_client runs in multiprocess mode."""
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 25, 30)
 """Kyverno's default boundaries (ecosystem.md 2.1)."""
 
@@ -103,6 +114,20 @@ class _Metrics:
         )
 
 
+def _multiprocess_dir() -> str | None:
+    """The shared metrics directory when prometheus_client runs in multiprocess mode, else None.
+
+    prometheus_client chooses file-backed values when it is imported; a directory set later would be read by the
+    scrape but never written, so that mistake fails loudly here instead of serving empty metrics.
+    """
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if not directory:
+        return None
+    if values.ValueClass is values.MutexValue:
+        raise RuntimeError(f"{MULTIPROCESS_ENV} was set after prometheus_client was imported: set it before")
+    return directory
+
+
 def _json(content: object, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
@@ -139,13 +164,17 @@ def create_app(
     """The webhook app: `POST /validate`, `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
     Without `registry`, the app gets its own registry with the process, platform and GC collectors (so several
-    apps in one process, as in tests, do not collide).
+    apps in one process, as in tests, do not collide). In multiprocess mode (`PROMETHEUS_MULTIPROC_DIR` set before
+    prometheus_client was imported), the metrics are still created in `registry`, but `/metrics` serves the sum
+    over all processes' metric files instead, and the per-process collectors are not added.
     """
+    multiprocess_dir = _multiprocess_dir()
     if registry is None:
         registry = CollectorRegistry()
-        process_collector.ProcessCollector(registry=registry)
-        platform_collector.PlatformCollector(registry=registry)
-        gc_collector.GCCollector(registry=registry)
+        if multiprocess_dir is None:
+            process_collector.ProcessCollector(registry=registry)
+            platform_collector.PlatformCollector(registry=registry)
+            gc_collector.GCCollector(registry=registry)
     metrics = _Metrics.create(registry)
     evaluation_services = services or Services()
     split_cache: dict[str, tuple[Snapshot, PolicySet, PolicySet]] = {}
@@ -266,7 +295,11 @@ def create_app(
         return _json({"status": "ready", "version": snapshot.version})
 
     async def metrics_endpoint(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if multiprocess_dir is None:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        scrape = CollectorRegistry()  # a new one per scrape, as prometheus_client's multiprocess mode requires
+        multiprocess.MultiProcessCollector(scrape, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[

@@ -1,4 +1,5 @@
-"""`celvern serve`: option checks, the loud --insecure-http warning, and a real server over HTTPS on loopback."""
+"""`celvern serve`: option checks, the loud --insecure-http warning, and real servers on loopback (HTTPS, renewed
+certificates, metrics summed over workers)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 import cli.serve_command as serve_module
-from cli.serve_command import ServeOptions, serve_command
+from cli.serve_command import MULTIPROCESS_ENV, ServeOptions, serve_command
 
 POLICY = """\
 apiVersion: policies.kyverno.io/v1
@@ -160,6 +162,18 @@ class Server:
         return code
 
 
+def wait_until_ready(client: httpx.Client, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serves_admission_reviews_over_https(policy_dir: Path, tmp_path: Path, workers: int) -> None:
     env = {key: value for key, value in os.environ.items() if key != "KUBERNETES_SERVICE_HOST"}
@@ -174,15 +188,7 @@ def test_serves_admission_reviews_over_https(policy_dir: Path, tmp_path: Path, w
         port = server.wait_for_port()
         verify = ssl.create_default_context(cafile=str(tls_dir / "ca.crt"))
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=verify, timeout=5) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server never became ready"
-                time.sleep(0.05)
+            wait_until_ready(client)
             denied = client.post("/validate", content=orjson.dumps(review("nginx:latest")))
             assert denied.status_code == 200
             answer = denied.json()
@@ -196,6 +202,55 @@ def test_serves_admission_reviews_over_https(policy_dir: Path, tmp_path: Path, w
     finally:
         code = server.stop()
     assert code == 0, b"".join(server.log).decode(errors="replace")
+
+
+def admission_requests(metrics: str) -> float:
+    """The sum of `celvern_admission_requests_total` over all label sets of a /metrics page."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "celvern_admission_requests_total"
+    )
+
+
+def test_metrics_are_summed_over_workers(policy_dir: Path, tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("KUBERNETES_SERVICE_HOST", MULTIPROCESS_ENV)}
+    env["KUBECONFIG"] = str(tmp_path / "no-kubeconfig")
+    temporary = tmp_path / "tmp"  # where the supervisor creates its metrics directory
+    temporary.mkdir()
+    env["TMPDIR"] = str(temporary)
+    server = Server(
+        *("--policies", str(policy_dir), "--host", "127.0.0.1", "--port", "0", "--insecure-http"),
+        *("--workers", "2", "--poll-interval", "0.2"),
+        env=env,
+    )
+    try:
+        port = server.wait_for_port()
+        # No keep-alive: every request is a new connection, accepted by whichever worker wins it.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, limits=limits) as client:
+            wait_until_ready(client)
+            [metrics_dir] = temporary.glob("celvern-metrics-*")
+            assert metrics_dir.stat().st_mode & 0o777 == 0o700
+            sent = 0
+            # At least 20 reviews, and until both workers have answered some (each has its own counter file): the
+            # second one may still be starting.
+            deadline = time.monotonic() + 30
+            while sent < 20 or len(list(metrics_dir.glob("counter_*.db"))) < 2:
+                assert time.monotonic() < deadline, "one worker answered every review"
+                image = "nginx:latest" if sent % 2 else "nginx:1.25"
+                response = client.post("/validate", content=orjson.dumps(review(image, uid=f"u-{sent}")))
+                assert response.status_code == 200 and response.json()["response"]["uid"] == f"u-{sent}"
+                sent += 1
+            for _ in range(10):
+                scrape = client.get("/metrics")
+                assert scrape.status_code == 200
+                assert admission_requests(scrape.text) == sent
+    finally:
+        code = server.stop()
+    assert code == 0, b"".join(server.log).decode(errors="replace")
+    assert not list(temporary.glob("celvern-metrics-*")), "the metrics directory outlived the server"
 
 
 def http_get(connection: ssl.SSLSocket, path: str) -> bytes:

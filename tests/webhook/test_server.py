@@ -6,7 +6,11 @@ import asyncio
 import base64
 import copy
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +18,7 @@ import jsonpatch
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from engine.matching import NamespaceLabels
@@ -287,6 +292,65 @@ def test_metrics_after_requests() -> None:
 def test_default_registry_has_process_metrics() -> None:
     text = call(make_app(), "GET", "/metrics").text
     assert "process_" in text or "python_info" in text
+
+
+def _metric_worker(directory: Path, denied: int, allowed: int, *, scrape: bool = False) -> str:
+    """`metrics_worker.py` in a new process: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when imported."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.webhook.metrics_worker", str(denied), str(allowed), *(["--scrape"] * scrape)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ((2, 1), (1, 3)),  # (denied, allowed) reviews of each worker: the same label sets in both
+        ((0, 2), (3, 0)),  # label sets that only one worker has seen
+    ],
+)
+def test_multiprocess_metrics_are_summed_over_workers(
+    tmp_path: Path, first: tuple[int, int], second: tuple[int, int]
+) -> None:
+    _metric_worker(tmp_path, *first)  # a worker that has answered and is gone
+    text = _metric_worker(tmp_path, *second, scrape=True)  # the worker that answers the scrape
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, frozenset(labels.items())), 0.0)
+
+    denied, allowed = first[0] + second[0], first[1] + second[1]
+    decision = {"operation": "create", "path": "/validate"}
+    assert value("celvern_admission_requests_total", allowed="false", **decision) == denied
+    assert value("celvern_admission_requests_total", allowed="true", **decision) == allowed
+    assert value("celvern_admission_review_duration_seconds_count", allowed="false", **decision) == denied
+    assert value("celvern_admission_review_duration_seconds_count", allowed="true", **decision) == allowed
+    results = {"policy": "require-labels", "kind": "Pod", "operation": "create"}
+    assert value("celvern_policy_results_total", result="fail", action="Deny", **results) == denied
+    assert value("celvern_policy_results_total", result="pass", action="None", **results) == allowed
+    assert value("celvern_http_requests_total", path="/validate", code="200") == denied + allowed
+    assert "# TYPE celvern_admission_review_duration_seconds histogram" in text
+    assert not any(name.startswith(("process_", "python_")) for name, _ in samples)  # per-process: left out
+    assert len(list(tmp_path.glob("counter_*.db"))) == 2  # one file per worker
+
+
+def test_multiprocess_dir_set_after_prometheus_client_was_imported_fails_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # too late: metrics here would stay in memory
+    with pytest.raises(RuntimeError, match="set after prometheus_client was imported"):
+        make_app(REQUIRE_APP)
 
 
 def test_one_json_audit_line_per_decision(caplog: pytest.LogCaptureFixture) -> None:
