@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "serve": "cli.serve_command:serve_command",
     "protect": "cli.protect_command:protect_command",
     "unprotect": "cli.protect_command:unprotect_command",
+    "library": "cli.library_command:library_group",
 }
 """Commands whose modules import heavy libraries (the kubernetes client, uvicorn): loaded only when used, so that
 `celvern apply` and `celvern test` start fast."""
