@@ -10,6 +10,7 @@ whose CEL does not compile is not dropped: its compiled form carries the error, 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -155,7 +156,9 @@ def _compile(
     path: str,
     variables: tuple[VariableDefinition, ...] = (),
 ) -> Program:
-    return env.compile(expression, path=path, location=policy.document.locate(path), variables=variables)
+    return env.compile(
+        expression, path=path, location=functools.partial(policy.document.locate, path), variables=variables
+    )
 
 
 def _compile_variables(
@@ -226,7 +229,10 @@ def compile_exception(exception: PolicyException) -> CompiledException:
     env = validating_environment()
     try:
         conditions = tuple(
-            (c.name, env.compile(c.expression, path=c.path, location=exception.document.locate(c.path)))
+            (
+                c.name,
+                env.compile(c.expression, path=c.path, location=functools.partial(exception.document.locate, c.path)),
+            )
             for c in exception.match_conditions
         )
     except PolicyCompileError as error:

@@ -252,7 +252,7 @@ def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = 
             if plan.fused is not None:
                 fused = evaluate_fused(plan.fused, context, session)
                 if fused is not None:
-                    passed = {id(p): r for p, r in zip(plan.fused.policies, fused, strict=True)}
+                    passed = {id(p): r for p, r in zip(plan.fused.policies, fused, strict=True) if r is not None}
             for validating_policy, decision in plan.validating:
                 if decision is False and not unmatched:
                     continue

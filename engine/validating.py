@@ -66,10 +66,10 @@ class FusedValidations:
     """The validations of several policies as one program, `[p1, p2, ...]`, each element the `&&` of one policy's
     validations: one runtime call instead of one per expression.
 
-    It is a fast path for the common case only: when every element is `true`, every validation of every policy
-    was true, so each policy passes exactly as it would one by one. Any other value (a false, an error anywhere,
-    the iteration budget spent by the whole batch) says nothing about which policy failed how, so the policies
-    are then evaluated one by one, which gives the right results, messages and errors.
+    It decides passes only: an element that is `true` means every validation of that policy was true, so the
+    policy passes exactly as it would on its own. A `false` element sends that policy to the one-by-one path,
+    which finds the failing validation and its message. Any other value (an error anywhere, the iteration budget
+    spent by the whole batch) says nothing about which policy did what, so all of them go one by one.
     """
 
     policies: tuple[CompiledValidatingPolicy, ...]
@@ -111,14 +111,20 @@ def fuse(policies: Sequence[CompiledValidatingPolicy]) -> FusedValidations | Non
 
 def evaluate_fused(
     fused: FusedValidations, context: EvaluationContext, session: Session
-) -> list[PolicyResponse] | None:
-    """Every policy's pass response when all of their validations are true; None when they must be evaluated one
-    by one."""
+) -> list[PolicyResponse | None] | None:
+    """Per fused policy, its pass response when all of its validations were true, or None when it must be
+    evaluated on its own (a false somewhere: which validation, and its message, are only known one by one).
+    None for all of them when the batch did not give a list of booleans (an error anywhere, a budget spent)."""
     session.start_policy()
     value = session.evaluate(fused.program)
-    if type(value) is not list or len(value) != len(fused.policies) or not all(item is True for item in value):
+    if type(value) is not list or len(value) != len(fused.policies):
         return None
-    return [_response(policy, context, PASSED) for policy in fused.policies]
+    if not all(item is True or item is False for item in value):
+        return None
+    return [
+        _response(policy, context, PASSED) if passed else None
+        for policy, passed in zip(fused.policies, value, strict=True)
+    ]
 
 
 def _evaluate_matched(

@@ -139,28 +139,30 @@ class Environment:
         expression: str,
         *,
         path: str,
-        location: Location | None = None,
+        location: Location | Callable[[], Location] | None = None,
         variables: Sequence[VariableDefinition] = (),
     ) -> Program:
         """Compile one expression; raises PolicyCompileError with the field path and a caret display.
 
-        `variables` are the policy variables in scope (declared before this expression, in order): reads of
-        `variables.N` are bound to them inside the compiled program, lazily and evaluated at most once.
+        `location` may be a callable: it is only called when an error is raised (finding a line costs a re-read of
+        the YAML file). `variables` are the policy variables in scope (declared before this expression, in
+        order): reads of `variables.N` are bound to them inside the compiled program, lazily and evaluated at
+        most once.
         """
         if not isinstance(expression, str) or not expression.strip():
             raise PolicyCompileError(
-                "expression is empty", field_path=path, expression=str(expression), location=location
+                "expression is empty", field_path=path, expression=str(expression), location=_resolve(location)
             )
         scope = {definition.name: definition for definition in variables}
         try:
             rewritten = rewrite(expression, struct_types=self.struct_types, inline_variables=list(scope))
         except CelSyntaxError as exc:
             raise PolicyCompileError(
-                exc.render(expression), field_path=path, expression=expression, location=location
+                exc.render(expression), field_path=path, expression=expression, location=_resolve(location)
             ) from None
         except RecursionError:
             raise PolicyCompileError(
-                "expression is nested too deeply", field_path=path, expression=expression, location=location
+                "expression is nested too deeply", field_path=path, expression=expression, location=_resolve(location)
             ) from None
         unknown = sorted(name for name in rewritten.variables if name not in scope)
         if unknown:
@@ -169,7 +171,7 @@ class Environment:
                 f"{', '.join(scope) or 'none'})",
                 field_path=path,
                 expression=expression,
-                location=location,
+                location=_resolve(location),
             )
         needed = _closure(rewritten.variables, scope)
         text = bind_variables(rewritten.text, [(d.name, d.inlined) for d in variables if d.name in needed])
@@ -180,7 +182,7 @@ class Environment:
                 self._explain(expression, text, str(exc)),
                 field_path=path,
                 expression=expression,
-                location=location,
+                location=_resolve(location),
             ) from None
         return Program(
             source=expression,
@@ -233,6 +235,10 @@ class Environment:
             offset = _find_identifier(original, quoted.group(1)) if quoted else -1
             explained.append(caret_display(original, offset, reason) if offset >= 0 else reason)
         return "\n".join(explained) or cleaned
+
+
+def _resolve(location: Location | Callable[[], Location] | None) -> Location | None:
+    return location() if callable(location) else location
 
 
 _ERROR_START = re.compile(r"(?:^|\n)ERROR: ")
