@@ -301,15 +301,19 @@ def main(argv: list[str]) -> int:
                     )
         if args.rates:
             print("\npaced (8 connections, random pauses; latency is the server's answer time at that load)")
-            print(f"{'target/s':>9} {'reviews/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}")
-            with server("celvern", policies, workdir) as (port, _):
-                run_wrk(port, body, 8, 1)  # warm-up
-                for rate in args.rates:
-                    result = run_paced(port, body, rate, 8, args.seconds)
-                    print(
-                        f"{rate:>9.0f} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
-                        f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f}"
-                    )
+            print(
+                f"{'server':<10} {'target/s':>9} {'reviews/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+                f"{'errors':>7}"
+            )
+            for kind in ("celvern", "floor"):  # the floor's tail is the machine's and the HTTP stack's share
+                with server(kind, policies, workdir) as (port, _):
+                    run_wrk(port, body, 8, 1)  # warm-up
+                    for rate in args.rates:
+                        result = run_paced(port, body, rate, 8, args.seconds)
+                        print(
+                            f"{kind:<10} {rate:>9.0f} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
+                            f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f}"
+                        )
         for connections in args.connections:
             # The server is saturated (one core), so 1/throughput is its CPU time per review.
             added = 1000 / rates[("celvern", connections)] - 1000 / rates[("floor", connections)]
