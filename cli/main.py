@@ -15,7 +15,9 @@ import click
 
 from cli.apply_command import apply_command
 from cli.output import error_text
+from cli.program_cache import configured_cache
 from cli.test_command import test_command
+from engine.cel.environment import program_cache
 from engine.errors import CelvernError
 
 LAZY_COMMANDS = {
@@ -64,7 +66,8 @@ class _GuardedGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with program_cache(configured_cache()):  # compiled programs kept between runs (cli/program_cache.py)
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except CelvernError as error:

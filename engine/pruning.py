@@ -89,6 +89,24 @@ EVERYTHING = Reads({root: None for root in ROOTS})
 """What an expression that cannot be analysed may read."""
 
 
+def reads_to_data(reads: Reads) -> dict[str, Any]:
+    """`reads` as JSON-ready data (for caches): per root, None (whole) or a nested {"w": whole, "c": children}."""
+
+    def tree(node: ReadTree) -> dict[str, Any]:
+        return {"w": node.whole, "c": {key: tree(child) for key, child in node.children.items()}}
+
+    return {root: None if node is None else tree(node) for root, node in reads.trees.items()}
+
+
+def reads_from_data(data: Mapping[str, Any]) -> Reads:
+    """The inverse of `reads_to_data`."""
+
+    def tree(node: Mapping[str, Any]) -> ReadTree:
+        return ReadTree(whole=bool(node["w"]), children={key: tree(child) for key, child in node["c"].items()})
+
+    return Reads({root: None if node is None else tree(node) for root, node in data.items()})
+
+
 # --- analysis --------------------------------------------------------------------------------------------------
 
 

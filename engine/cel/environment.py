@@ -12,12 +12,16 @@ runtime's iteration budget, or values the runtime cannot hand back.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import hashlib
 import importlib
+import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
@@ -26,7 +30,7 @@ from engine.cel.libraries import Library
 from engine.cel.rewriting import bind_variables, rewrite
 from engine.cel.syntax import CelSyntaxError
 from engine.errors import Location, PolicyCompileError
-from engine.pruning import EVERYTHING, Reads, analyse
+from engine.pruning import EVERYTHING, Reads, analyse, reads_from_data, reads_to_data
 
 # Variable names bound in every policy environment (kyverno-cel-spec.md 2.2).
 OBJECT = "object"
@@ -153,6 +157,25 @@ class Environment:
             raise PolicyCompileError(
                 "expression is empty", field_path=path, expression=str(expression), location=_resolve(location)
             )
+        cache = _PROGRAM_CACHE.get()
+        key = ""
+        if cache is not None:
+            key = self._cache_key(expression, variables)
+            cached = self._from_cache(cache, key, expression, path)
+            if cached is not None:
+                return cached
+        program = self._compile(expression, path, location, variables)
+        if cache is not None:
+            _store(cache, key, program)
+        return program
+
+    def _compile(
+        self,
+        expression: str,
+        path: str,
+        location: Location | Callable[[], Location] | None,
+        variables: Sequence[VariableDefinition],
+    ) -> Program:
         scope = {definition.name: definition for definition in variables}
         try:
             rewritten = rewrite(expression, struct_types=self.struct_types, inline_variables=list(scope))
@@ -195,16 +218,52 @@ class Environment:
             reads=analyse(text),
         )
 
+    def _cache_key(self, expression: str, variables: Sequence[VariableDefinition]) -> str:
+        digest = hashlib.sha256(f"{self.name}\0{expression}".encode())
+        for definition in variables:
+            digest.update(f"\0{definition.name}\0{definition.inlined}\0{sorted(definition.variables)}".encode())
+        return digest.hexdigest()
+
+    def _from_cache(self, cache: ProgramCache, key: str, expression: str, path: str) -> Program | None:
+        """The cached program for `key`, or None (missing, unreadable or stale entries are compiled again)."""
+        try:
+            blob = cache.get(key)
+            if blob is None:
+                return None
+            header, _, serialized = blob.partition(b"\0")
+            meta = json.loads(header)
+            if meta["source"] != expression:
+                return None
+            compiled = self.env.deserialize(serialized)
+            return Program(
+                source=expression,
+                text=meta["text"],
+                inlined=meta["inlined"],
+                path=path,
+                variables=frozenset(meta["variables"]),
+                expression=compiled,
+                return_type=meta["return_type"],
+                reads=reads_from_data(meta["reads"]),
+            )
+        except Exception:  # a cache is only ever an optimisation
+            return None
+
     def combine(self, programs: Sequence[Program], template: str, *, path: str) -> Program | None:
         """One program built from already compiled ones: `template` with `{0}`, `{1}`, ... standing for their
         compiled texts (parenthesised). None when the runtime refuses it (nothing is raised: a combination is
         only ever an optimisation)."""
         text = template.format(*(f"({program.text})" for program in programs))
+        cache = _PROGRAM_CACHE.get()
+        key = hashlib.sha256(f"{self.name}\0combined\0{text}".encode()).hexdigest()
+        if cache is not None:
+            cached = self._from_cache(cache, key, text, path)
+            if cached is not None:
+                return cached
         try:
             compiled = self.env.compile(text)
         except RuntimeError:
             return None
-        return Program(
+        program = Program(
             source=text,
             text=text,
             inlined=text,
@@ -214,6 +273,9 @@ class Environment:
             return_type=_type_name(compiled),
             reads=analyse(text),
         )
+        if cache is not None:
+            _store(cache, key, program)
+        return program
 
     def _explain(self, original: str, text: str, message: str) -> str:
         """The compile error, with carets on the user's own text.
@@ -235,6 +297,44 @@ class Environment:
             offset = _find_identifier(original, quoted.group(1)) if quoted else -1
             explained.append(caret_display(original, offset, reason) if offset >= 0 else reason)
         return "\n".join(explained) or cleaned
+
+
+class ProgramCache(Protocol):
+    """Where compiled programs may be kept between runs (the CLI keeps them on disk). Keys are hex digests of the
+    environment, the expression and the variables it binds; values are opaque bytes. Both methods may fail
+    silently: a cache is only ever an optimisation."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+
+_PROGRAM_CACHE: contextvars.ContextVar[ProgramCache | None] = contextvars.ContextVar("program_cache", default=None)
+
+
+@contextlib.contextmanager
+def program_cache(cache: ProgramCache | None) -> Iterator[None]:
+    """Compile with `cache` (get before compiling, put after) within the block."""
+    token = _PROGRAM_CACHE.set(cache)
+    try:
+        yield
+    finally:
+        _PROGRAM_CACHE.reset(token)
+
+
+def _store(cache: ProgramCache, key: str, program: Program) -> None:
+    try:
+        header = {
+            "source": program.source,
+            "text": program.text,
+            "inlined": program.inlined,
+            "variables": sorted(program.variables),
+            "return_type": program.return_type,
+            "reads": reads_to_data(program.reads),
+        }
+        cache.put(key, json.dumps(header).encode() + b"\0" + program.expression.serialize())
+    except Exception:  # a cache is only ever an optimisation
+        return
 
 
 def _resolve(location: Location | Callable[[], Location] | None) -> Location | None:
