@@ -180,20 +180,22 @@ def run_wrk(port: int, body_file: Path, connections: int, seconds: int) -> dict[
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()\n'
     )
-    command = pinned(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}/validate",
-        ],
-        1,
-    )
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return _wrk(port, script, connections, seconds)
+
+
+def _wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
+    """One wrk run (one thread, on core 1) against the server's /validate, parsed."""
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/validate",
+    ]
+    output = subprocess.run(pinned(command, 1), capture_output=True, text=True, check=True).stdout
     return _parse_wrk(output)
 
 
@@ -216,21 +218,7 @@ def run_paced(port: int, body_file: Path, rate: float, connections: int, seconds
     def once(pause_ms: float, duration: int) -> dict[str, float]:
         script = body_file.with_name("paced.lua")
         script.write_text(PACED_SCRIPT.format(body=body_file, pause_ms=f"{pause_ms:.4f}"))
-        command = pinned(
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{duration}s",
-                "--latency",
-                "-s",
-                str(script),
-                f"http://127.0.0.1:{port}/validate",
-            ],
-            1,
-        )
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        return _parse_wrk(output)
+        return _wrk(port, script, connections, duration)
 
     period_ms = 1000 * connections / rate
     pause = period_ms
