@@ -10,7 +10,7 @@ Then the same celvern server is driven at fixed rates (`--rates`, default 1,000 
 random pauses between requests, which is how an API server loads a webhook: that shows the latency at a given
 load, while the flat-out runs show capacity.
 
-    python -m bench.webhook              # concurrency 8, 32, 128; 5 s each; paced at 1,000 and 1,500/s
+    python -m bench.webhook              # concurrency 2, 8, 32, 128; 5 s each; paced at 1,000 and 1,500/s
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def main(argv: list[str]) -> int:
         prog="python -m bench.webhook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--connections", type=int, nargs="+", default=[2, 8, 32, 128])
     parser.add_argument(
         "--rates",
         type=float,
