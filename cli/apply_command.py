@@ -173,7 +173,7 @@ def apply_command(
 
     outcome = ApplyOutcome()
     chosen = (operation.upper() if operation else None) or values.operation or CREATE
-    for subject, responses in _with_progress(evaluate_subjects(inputs, chosen), len(inputs.subjects)):
+    for subject, responses in _with_progress(evaluate_subjects(inputs, chosen, unmatched=False), len(inputs.subjects)):
         outcome.add(subject, responses)
 
     if output == "text":

@@ -157,15 +157,21 @@ class RunInputs:
     """Structural schemas for ApplyConfiguration merges (None: the default Kubernetes schemas)."""
 
 
-def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subject, list[PolicyResponse]]]:
-    """Evaluate every policy against every subject, lazily (one subject at a time, for progress display)."""
+def evaluate_subjects(
+    inputs: RunInputs, operation: str, *, unmatched: bool = True
+) -> Iterator[tuple[Subject, list[PolicyResponse]]]:
+    """Evaluate every policy against every subject, lazily (one subject at a time, for progress display).
+
+    `unmatched=False` leaves out the rule-less responses of policies that cannot match (what `celvern test` scores
+    as "Excluded"; `celvern apply` only reports rule results)."""
     namespaces = Namespaces(inputs.values, (s.resource for s in inputs.subjects if s.resource is not None))
     user = inputs.user
     for subject in inputs.subjects:
         if subject.resource is None:
             context = EvaluationContext(request=None, payload=subject.payload, services=inputs.services)
             responses = [
-                dataclasses.replace(response, resource=subject.key) for response in evaluate(inputs.policy_set, context)
+                dataclasses.replace(response, resource=subject.key)
+                for response in evaluate(inputs.policy_set, context, unmatched=unmatched)
             ]
         else:
             parent, sub = inputs.values.subresources.get(subject.key.kind, ("", ""))
@@ -192,7 +198,7 @@ def evaluate_subjects(inputs: RunInputs, operation: str) -> Iterator[tuple[Subje
                 schemas=inputs.schemas,
                 mapper=inputs.mapper,
             )
-            responses = evaluate(inputs.policy_set, context)
+            responses = evaluate(inputs.policy_set, context, unmatched=unmatched)
             if evaluated is not subject.resource:
                 responses = [_without_default_namespace(response) for response in responses]
         yield subject, responses

@@ -271,6 +271,6 @@ def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = 
     return Evaluation(tuple(responses), original, patched if patched is not original else None)
 
 
-def evaluate(policy_set: PolicySet, context: EvaluationContext) -> list[PolicyResponse]:
-    """Every response of the policy set for one request (see `run` for the patched object)."""
-    return list(run(policy_set, context).responses)
+def evaluate(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = True) -> list[PolicyResponse]:
+    """Every response of the policy set for one request (see `run` for the patched object and `unmatched`)."""
+    return list(run(policy_set, context, unmatched=unmatched).responses)

@@ -83,15 +83,17 @@ def cel_compare(left: Any, right: Any, function: str) -> int:
 
 
 def returnable(value: _T, function: str) -> _T:
-    """`value`, or a clear error if it holds timestamps or durations (which a dyn result cannot carry)."""
+    """`value`, or a clear error if it holds timestamps or durations (which a dyn result cannot carry).
+
+    Only lists are searched: maps inside them are usually whole Kubernetes objects (containers, volumes), which
+    cannot hold timestamps, and walking them cost more than the function itself; a timestamp inside a map still
+    gives an error, in the runtime's own words."""
     if isinstance(value, (datetime.datetime, datetime.timedelta)):
         raise ValueError(f"{function}: lists of timestamps or durations are not supported")
     if isinstance(value, list):
         for item in value:
-            returnable(item, function)
-    elif isinstance(value, dict):
-        for item in value.values():
-            returnable(item, function)
+            if isinstance(item, (list, datetime.datetime, datetime.timedelta)):
+                returnable(item, function)
     return value
 
 

@@ -9,6 +9,7 @@ as in Kubernetes, where quantities compare by value.
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import Any
@@ -98,6 +99,7 @@ def _parse_number(value: str) -> Fraction:
     return -amount if value.startswith("-") else amount
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_nanos(text: str) -> int:
     """Parse a Kubernetes quantity string into an exact number of nano-units (10^-9)."""
     if len(text) > _MAX_QUANTITY_LENGTH:
