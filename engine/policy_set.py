@@ -27,7 +27,7 @@ from engine.compiler import (
     compile_validating_policy,
 )
 from engine.errors import PolicyCompileError
-from engine.evaluation import EvaluationContext, Session, decide_statically, evaluate_in
+from engine.evaluation import EvaluationContext, Selectable, Session, decide_statically, evaluate_in, select
 from engine.generating import evaluate_generating
 from engine.loader import Document
 from engine.matching import RequestShape
@@ -61,6 +61,9 @@ _MAX_PLANS = 4096
 _Policy = TypeVar("_Policy", CompiledMutatingPolicy, CompiledValidatingPolicy)
 
 
+_ValidatingEntries = tuple[tuple[CompiledValidatingPolicy, bool | None], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to evaluate for one request shape: (policy, static match decision) pairs per family, in order."""
@@ -69,6 +72,21 @@ class Plan:
     validating: tuple[tuple[CompiledValidatingPolicy, bool | None], ...]
     fused: FusedValidations | None = None
     """The validating policies that match every request of this shape and can be tried in one runtime call."""
+
+    def admission(self) -> tuple[tuple[tuple[CompiledMutatingPolicy, bool | None], ...], _ValidatingEntries]:
+        """(mutating, validating) entries without the policies that cannot match (what admission evaluates)."""
+        found = self._admission
+        if found is None:
+            found = (
+                tuple(entry for entry in self.mutating if entry[1] is not False),
+                tuple(entry for entry in self.validating if entry[1] is not False),
+            )
+            object.__setattr__(self, "_admission", found)
+        return found
+
+    _admission: tuple[tuple[tuple[CompiledMutatingPolicy, bool | None], ...], _ValidatingEntries] | None = (
+        dataclasses.field(default=None, repr=False, compare=False)
+    )
 
 
 def _planned(policies: Iterable[_Policy], shape: RequestShape) -> tuple[tuple[_Policy, bool | None], ...]:
@@ -231,21 +249,21 @@ def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = 
     request = context.request
     original = request.object if request is not None else None
     plan = policy_set.plan(RequestShape.of(request)) if request is not None else policy_set.unplanned
+    mutating, validating = (plan.mutating, plan.validating) if unmatched else plan.admission()
     session: Session | None = None  # activations of either environment serve programs of both
     with evaluate_in(context.services):
-        if plan.mutating and original is not None:
+        if mutating and original is not None:
             session = Session(mutating_environment(), context, policy_set.pruners)
-            for mutating_policy, decision in plan.mutating:
-                if decision is False and not unmatched:
+            for mutating_policy, decision in mutating:
+                matched = _matched(mutating_policy, decision, context, unmatched)
+                if matched is None:
                     continue
-                outcome = evaluate_mutating(
-                    mutating_policy, context, policy_set.exceptions, session, matched=decision is True
-                )
+                outcome = evaluate_mutating(mutating_policy, context, policy_set.exceptions, session, matched=matched)
                 responses.append(outcome.response)
                 if outcome.patched is not None:
                     context = context.with_object(outcome.patched)
                     session = Session(mutating_environment(), context, policy_set.pruners)
-        if plan.validating:
+        if validating:
             session = session or Session(validating_environment(), context, policy_set.pruners)
             exceptions = policy_set.exceptions
             passed: dict[int, PolicyResponse] = {}
@@ -253,14 +271,13 @@ def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = 
                 fused = evaluate_fused(plan.fused, context, session)
                 if fused is not None:
                     passed = {id(p): r for p, r in zip(plan.fused.policies, fused, strict=True) if r is not None}
-            for validating_policy, decision in plan.validating:
-                if decision is False and not unmatched:
-                    continue
+            for validating_policy, decision in validating:
                 response = passed.get(id(validating_policy))
                 if response is None:
-                    response = evaluate_validating(
-                        validating_policy, context, exceptions, session, matched=decision is True
-                    )
+                    matched = _matched(validating_policy, decision, context, unmatched)
+                    if matched is None:
+                        continue
+                    response = evaluate_validating(validating_policy, context, exceptions, session, matched=matched)
                 responses.append(response)
         if policy_set.generating and request is not None:
             session = session or Session(generating_environment(), context, policy_set.pruners)
@@ -269,6 +286,19 @@ def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = 
             )
     patched = context.request.object if context.request is not None else None
     return Evaluation(tuple(responses), original, patched if patched is not original else None)
+
+
+def _matched(policy: Selectable, decision: bool | None, context: EvaluationContext, unmatched: bool) -> bool | None:
+    """Whether the policy is known to match (True), must be matched by its evaluation (False), or is left out
+    (None: it does not match and admission does not want rule-less responses)."""
+    if decision is True:
+        return True
+    if unmatched:
+        return False
+    selected = select(policy, context)  # labels or names decide; a rule-less response is not wanted
+    if selected is False:
+        return None
+    return selected is True  # an error result is produced by the evaluation's own matching
 
 
 def evaluate(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = True) -> list[PolicyResponse]:

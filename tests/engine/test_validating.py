@@ -9,6 +9,7 @@ import pytest
 import engine.policy_set
 from engine.evaluation import EvaluationContext
 from engine.loader import parse_text
+from engine.matching import NamespaceLabels
 from engine.policy_set import build_policy_set
 from engine.policy_set import run as run_policies
 from engine.request import request_for_resource
@@ -432,3 +433,17 @@ def test_fused_validations_agree_with_one_by_one(
     alone = run_policies(build_policy_set(documents), context, unmatched=False).responses
     assert fused == alone
     assert len(calls) == one_by_one + len(specs)
+
+
+def test_admission_leaves_out_policies_whose_selector_does_not_match() -> None:
+    """A policy decided by namespace labels gives no response to admission when they do not match, and the same
+    rule result as the full run when they do."""
+    deny = '  validations:\n  - expression: "false"\n'
+    selected = PODS + "    namespaceSelector:\n      matchLabels:\n        team: shop\n"
+    policy_set = build_policy_set(parse_text(policy(deny, name="shop-only", rules=selected), "<test>"))
+    for labels, expected in (({"team": "shop"}, ["shop-only"]), ({"team": "other"}, [])):
+        context = EvaluationContext(request=request_for_resource(pod()), namespace=NamespaceLabels(labels))
+        admission = run_policies(policy_set, context, unmatched=False).responses
+        every = run_policies(policy_set, context).responses
+        assert [r.policy.name for r in admission] == expected
+        assert [r for r in every if r.rules] == list(admission)
