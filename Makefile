@@ -33,7 +33,9 @@ unit: install
 ## test: everything CI runs
 test: lint unit
 
+## bench: the benchmark suite, with the cel-python baseline (the `bench` extra); rewrites its section of BENCHMARKS.md
 bench: install
+	@$(BIN)/python -c 'import celpy' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 clean:

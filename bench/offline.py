@@ -27,9 +27,12 @@ from typing import Any
 import yaml
 
 from bench.core import make_pod
+from bench.report import Table, Target, add_write_flag, command_line, section, targets_table, write_section
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LIBRARY = REPOSITORY / "policies" / "validating"
+SPEED_TARGET = 10.0
+MEMORY_TARGET = 0.5
 
 
 def manifests(count: int) -> list[dict[str, Any]]:
@@ -103,6 +106,7 @@ def main(argv: list[str]) -> int:
         help="run celvern without its compiled-program cache (by default the warm-up run fills it, as a second CI "
         "run on the same machine would find it)",
     )
+    add_write_flag(parser)
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="celvern-offline-bench-"))
     try:
@@ -113,11 +117,11 @@ def main(argv: list[str]) -> int:
             path.write_text(yaml.safe_dump(document))
         # The library as users switch it on: every policy.yaml (bundles and test instances are left out).
         policies = sorted(LIBRARY.rglob("policy.yaml"))
-        print(
-            f"machine: {os.cpu_count()} cpus; {len(documents)} manifests; celvern: {len(policies)} validating "
-            f"library policies; {args.runs} runs each after a warm-up; celvern program cache "
-            f"{'off' if args.no_cache else 'on (filled by the warm-up)'}"
+        setting = (
+            f"{len(documents)} manifests; celvern: {len(policies)} validating library policies; {args.runs} runs "
+            f"each after a warm-up; celvern program cache {'off' if args.no_cache else 'on (filled by the warm-up)'}"
         )
+        print(f"machine: {os.cpu_count()} cpus; {setting}")
         manifest_dir = directory / "manifests"
         celvern = [sys.executable, "-m", "cli.main", "apply", *map(str, policies), "-r", str(manifest_dir)]
         environment = dict(os.environ)
@@ -130,15 +134,48 @@ def main(argv: list[str]) -> int:
             results["checkov"] = measure(checkov, args.runs)
         else:
             print("checkov not found: pass --checkov PATH to compare (see the module docstring)")
-        print(f"{'tool':<15} {'wall s':>8} {'peak MiB':>9}")
+        table = Table(
+            f"Offline scan of {len(documents):,} manifests: celvern apply ({len(policies)} library policies) vs "
+            "checkov -d --framework kubernetes",
+            ("tool", "wall s", "peak MiB", "speed vs checkov", "memory vs checkov"),
+        )
+        theirs = results.get("checkov")
         for name, result in results.items():
-            print(f"{name:<15} {result['wall s']:>8.2f} {result['peak MiB']:>9.1f}")
-        if "checkov" in results:
-            ours, theirs = results["celvern apply"], results["checkov"]
-            print(
-                f"celvern is {theirs['wall s'] / ours['wall s']:.1f}x faster and uses "
-                f"{ours['peak MiB'] / theirs['peak MiB']:.2f}x Checkov's peak memory (targets: >= 10x, <= 0.5x)"
+            table.add(
+                name,
+                result["wall s"],
+                result["peak MiB"],
+                theirs["wall s"] / result["wall s"] if theirs else None,
+                result["peak MiB"] / theirs["peak MiB"] if theirs else None,
             )
+        table.notes.append(
+            f"medians of {args.runs} runs after a warm-up; peak RSS of the process and its children (wait4); "
+            "speed vs checkov = checkov wall / tool wall; memory vs checkov = tool peak / checkov peak"
+        )
+        ours = results["celvern apply"]
+        targets = [
+            Target(
+                f"offline apply of the full library: >= {SPEED_TARGET:g}x Checkov's speed on the same manifests",
+                f"{theirs['wall s'] / ours['wall s']:.1f}x" if theirs else "checkov not run",
+                theirs["wall s"] / ours["wall s"] >= SPEED_TARGET if theirs else None,
+            ),
+            Target(
+                f"offline apply of the full library: <= {MEMORY_TARGET:g}x Checkov's peak memory",
+                f"{ours['peak MiB'] / theirs['peak MiB']:.2f}x" if theirs else "checkov not run",
+                ours["peak MiB"] / theirs["peak MiB"] <= MEMORY_TARGET if theirs else None,
+            ),
+        ]
+        print(table.text())
+        summary = targets_table(targets)
+        print(summary.text())
+        if not args.no_write:
+            body = section(
+                "Offline: `python -m bench.offline`",
+                command_line("python -m bench.offline", argv),
+                [table, summary],
+                {"setting": setting},
+            )
+            write_section("offline", body)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return 0

@@ -31,6 +31,7 @@ from pathlib import Path
 import orjson
 
 from bench.core import POD_SECURITY, make_pod, pod_security_policy_files
+from bench.report import Table, Target, add_write_flag, command_line, section, targets_table, write_section
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ECHO_APP = """
@@ -240,6 +241,38 @@ def _parse_wrk(output: str) -> dict[str, float]:
     return {"reviews/s": rate, **latencies, "errors": float(failed)}
 
 
+REVIEWS_TARGET = 2000.0
+P99_TARGET_MS = 5.0
+ENGINE_TARGET_MS = 0.3
+TARGET_CONNECTIONS = 32
+
+
+def _targets(flat_out: dict[tuple[str, int], dict[str, float]], shares: dict[int, float]) -> list[Target]:
+    connections = TARGET_CONNECTIONS
+    result = flat_out.get(("celvern", connections))
+    if result is None:
+        return [Target(f"webhook targets at concurrency {connections}", "not run (pass --connections ... 32)", None)]
+    rate, p99 = result["reviews/s"], result.get("p99", float("inf"))
+    return [
+        Target(
+            f"one worker: >= {REVIEWS_TARGET:,.0f} reviews/s at concurrency {connections}",
+            f"{rate:,.0f} reviews/s",
+            rate >= REVIEWS_TARGET,
+        ),
+        Target(
+            f"one worker: p99 < {P99_TARGET_MS:g} ms at concurrency {connections}",
+            f"{p99:.2f} ms (flat out: {connections} in flight / {rate:,.0f} per s = "
+            f"{1000 * connections / max(rate, 1.0):.1f} ms mean by Little's law)",
+            p99 < P99_TARGET_MS,
+        ),
+        Target(
+            f"engine adds < {ENGINE_TARGET_MS:g} ms per review over the HTTP floor",
+            f"{shares[connections]:.3f} ms of server time at {connections} connections",
+            shares[connections] < ENGINE_TARGET_MS,
+        ),
+    ]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.webhook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,6 +286,7 @@ def main(argv: list[str]) -> int:
         default=[1000.0, 1500.0],
         help="reviews/s for the paced runs of celvern (8 connections); none to skip them",
     )
+    add_write_flag(parser)
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed (Debian package `wrk`)", file=sys.stderr)
@@ -261,6 +295,7 @@ def main(argv: list[str]) -> int:
         print(f"pod-security policies not found at {POD_SECURITY}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="celvern-webhook-bench-"))
+    tables: list[Table] = []
     try:
         policies = workdir / "policies"
         policies.mkdir()
@@ -268,44 +303,73 @@ def main(argv: list[str]) -> int:
             shutil.copy(path, policies / f"{path.parent.name}.yaml")
         body = workdir / "review.json"
         body.write_bytes(review_body())
-        print(
-            f"machine: {os.cpu_count()} cpus; review body {body.stat().st_size} bytes; wrk on core 1, server on core 0"
+        setting = f"review body {body.stat().st_size} bytes; wrk on core 1, server on core 0; {args.seconds} s per run"
+        print(f"machine: {os.cpu_count()} cpus; {setting}")
+        flat = Table(
+            "Flat out: wrk keeps every connection busy (one worker; celvern = Pod Security set, floor = no policies, "
+            "echo = bare Starlette)",
+            ("server", "conns", "reviews/s", "p50 ms", "p90 ms", "p99 ms", "errors", "RSS MiB"),
         )
-        print(
-            f"{'server':<10} {'conns':>5} {'reviews/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7} "
-            f"{'RSS MiB':>8}"
-        )
-        rates: dict[tuple[str, int], float] = {}
+        flat_out: dict[tuple[str, int], dict[str, float]] = {}
         for kind in ("celvern", "floor", "echo"):
             with server(kind, policies, workdir) as (port, pid):
                 run_wrk(port, body, 8, 1)  # warm-up
                 for connections in args.connections:
-                    result = run_wrk(port, body, connections, args.seconds)
-                    rates[(kind, connections)] = result["reviews/s"]
-                    print(
-                        f"{kind:<10} {connections:>5} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
-                        f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f} "
-                        f"{rss_mib(pid):>8.1f}"
+                    result = flat_out[(kind, connections)] = run_wrk(port, body, connections, args.seconds)
+                    flat.add(
+                        kind,
+                        connections,
+                        result["reviews/s"],
+                        result.get("p50"),
+                        result.get("p90"),
+                        result.get("p99"),
+                        int(result["errors"]),
+                        rss_mib(pid),
                     )
+                    print(f"  {kind} at {connections} connections: {result['reviews/s']:,.0f} reviews/s", flush=True)
+        tables.append(flat)
         if args.rates:
-            print("\npaced (8 connections, random pauses; latency is the server's answer time at that load)")
-            print(
-                f"{'server':<10} {'target/s':>9} {'reviews/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-                f"{'errors':>7}"
+            paced = Table(
+                "Paced: 8 connections with random pauses; latency is the server's answer time at that load",
+                ("server", "target/s", "reviews/s", "p50 ms", "p90 ms", "p99 ms", "errors"),
             )
             for kind in ("celvern", "floor"):  # the floor's tail is the machine's and the HTTP stack's share
                 with server(kind, policies, workdir) as (port, _):
                     run_wrk(port, body, 8, 1)  # warm-up
                     for rate in args.rates:
                         result = run_paced(port, body, rate, 8, args.seconds)
-                        print(
-                            f"{kind:<10} {rate:>9.0f} {result['reviews/s']:>10.0f} {result.get('p50', 0):>8.2f} "
-                            f"{result.get('p90', 0):>8.2f} {result.get('p99', 0):>8.2f} {result['errors']:>7.0f}"
+                        paced.add(
+                            kind,
+                            rate,
+                            result["reviews/s"],
+                            result.get("p50"),
+                            result.get("p90"),
+                            result.get("p99"),
+                            int(result["errors"]),
                         )
+            tables.append(paced)
+        share = Table(
+            "Engine share: server time per review, celvern minus the no-policy floor (both saturated on one core)",
+            ("conns", "celvern ms", "floor ms", "engine ms", "celvern / floor throughput"),
+        )
+        shares: dict[int, float] = {}
         for connections in args.connections:
-            # The server is saturated (one core), so 1/throughput is its CPU time per review.
-            added = 1000 / rates[("celvern", connections)] - 1000 / rates[("floor", connections)]
-            print(f"engine share at {connections} connections: {added:.3f} ms of server time per review")
+            ours = 1000 / flat_out[("celvern", connections)]["reviews/s"]
+            floor = 1000 / flat_out[("floor", connections)]["reviews/s"]
+            shares[connections] = ours - floor
+            share.add(connections, ours, floor, ours - floor, floor / ours)
+        tables.append(share)
+        tables.append(targets_table(_targets(flat_out, shares)))
+        for table in tables:
+            print(table.text())
+        if not args.no_write:
+            body_text = section(
+                "Webhook: `python -m bench.webhook`",
+                command_line("python -m bench.webhook", argv),
+                tables,
+                {"setting": setting},
+            )
+            write_section("webhook", body_text)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
