@@ -158,15 +158,18 @@ class RunInputs:
 
 
 def evaluate_subjects(
-    inputs: RunInputs, operation: str, *, unmatched: bool = True
+    inputs: RunInputs, operation: str, *, unmatched: bool = True, indices: Iterable[int] | None = None
 ) -> Iterator[tuple[Subject, list[PolicyResponse]]]:
     """Evaluate every policy against every subject, lazily (one subject at a time, for progress display).
 
     `unmatched=False` leaves out the rule-less responses of policies that cannot match (what `celvern test` scores
-    as "Excluded"; `celvern apply` only reports rule results)."""
+    as "Excluded"; `celvern apply` only reports rule results). `indices` evaluates only the subjects at those
+    positions, in that order, with namespace lookups still drawing on every subject: how `cli.parallel` workers
+    share out one run."""
     namespaces = Namespaces(inputs.values, (s.resource for s in inputs.subjects if s.resource is not None))
     user = inputs.user
-    for subject in inputs.subjects:
+    subjects = inputs.subjects if indices is None else (inputs.subjects[index] for index in indices)
+    for subject in subjects:
         if subject.resource is None:
             context = EvaluationContext(request=None, payload=subject.payload, services=inputs.services)
             responses = [
