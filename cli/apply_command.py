@@ -9,6 +9,7 @@ byte."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -194,6 +195,11 @@ def apply_command(
                 ParallelEvaluation(inputs, chosen, unmatched=False, workers=workers)
             )
         else:
+            # The compiled policies and loaded documents live until the end: out of the collector's way, so that
+            # the garbage of each evaluation does not trigger full scans of them (a third of the evaluation time).
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
             evaluations = evaluate_subjects(inputs, chosen, unmatched=False)
         for subject, responses in _with_progress(iter(evaluations), len(inputs.subjects)):
             outcome.add(subject, responses)

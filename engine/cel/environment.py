@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
 
-from engine.cel.libraries import Library
+from engine.cel.libraries import Library, ordered
 from engine.cel.rewriting import bind_variables, rewrite
 from engine.cel.syntax import CelSyntaxError
 from engine.errors import Location, PolicyCompileError
@@ -87,7 +87,8 @@ class Program:
             type_name = value.type().name()
             if type_name == "ERROR" or type_name == "error":
                 return CelError(clean_message(str(value.value())))
-            return value.plain_value()
+            plain = value.plain_value()
+            return ordered(plain) if isinstance(plain, (dict, list)) else plain
         except RuntimeError as exc:
             message = clean_message(str(exc))
             if "Iteration budget exceeded" in message:

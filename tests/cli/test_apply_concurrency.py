@@ -7,7 +7,7 @@ import os
 import pickle
 import re
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -19,8 +19,6 @@ from click.testing import CliRunner, Result
 from cli import parallel, suite
 from cli.main import DEBUG_VARIABLE, celvern
 from cli.parallel import Failure, ParallelEvaluation, WorkerError, from_plain, to_plain
-from engine import generating
-from engine.cel.environment import Program
 from engine.errors import LoadError, Location
 from engine.evaluation import EvaluationContext
 from engine.loader import load_paths
@@ -42,31 +40,6 @@ def run(*args: str | Path) -> Result:
 def _timestamps_zeroed(text: str) -> str:
     """Reports carry the time they were made; two runs may straddle a second."""
     return re.sub(r'("?seconds"?: )\d+', r"\g<1>0", text)
-
-
-def _ordered(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _ordered(value[key]) for key in sorted(value, key=repr)}
-    if isinstance(value, list):
-        return [_ordered(item) for item in value]
-    return value
-
-
-@pytest.fixture(autouse=True)
-def _stable_cel_maps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """cel-expr-python hands CEL maps to Python in an order that changes between evaluations, in a sequential run
-    too (the examples' generated NetworkPolicy alternates between two key orders); these tests compare runs, so
-    they pin that order, for expression values and for the objects of `generator.Apply`."""
-    program_evaluate, normalise = Program.evaluate, generating._normalise
-
-    def evaluate_ordered(self: Program, activation: Any) -> Any:
-        return _ordered(program_evaluate(self, activation))
-
-    def normalise_ordered(obj: Any, *args: Any) -> Any:
-        return normalise(_ordered(obj), *args)
-
-    monkeypatch.setattr(Program, "evaluate", evaluate_ordered)
-    monkeypatch.setattr(generating, "_normalise", normalise_ordered)
 
 
 @pytest.fixture

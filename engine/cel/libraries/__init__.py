@@ -76,3 +76,17 @@ def cel_type_name(value: Any) -> str:
 
 
 __all__ = ["OPAQUE_TYPE_KEY", "Library", "cel", "cel_type_name", "opaque", "opaque_type"]
+
+
+def ordered(value: Any) -> Any:
+    """`value` with every map's keys sorted: the runtime hands maps back in an order that varies from one
+    evaluation to the next, and generated or mutated objects must come out the same every time."""
+    if isinstance(value, dict):
+        try:
+            keys = sorted(value)
+        except TypeError:  # keys of different types (CEL allows int, uint, bool and string keys in one map)
+            keys = sorted(value, key=lambda key: (type(key).__name__, str(key)))
+        return {key: ordered(value[key]) for key in keys}
+    if isinstance(value, list):
+        return [ordered(item) for item in value]
+    return value

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from engine.cel.libraries import Library, cel
+from engine.cel.libraries import Library, cel, ordered
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ def _apply(namespace: str, objects: list[Any]) -> bool:
     calls = _collector.get()
     if calls is None:
         raise ValueError("generator.Apply is only available in GeneratingPolicy generate expressions")
-    calls.append(Generated(namespace, tuple(objects)))
+    calls.append(Generated(namespace, tuple(ordered(obj) for obj in objects)))  # maps arrive in no fixed order
     return True
 
 

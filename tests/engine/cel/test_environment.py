@@ -103,3 +103,13 @@ def test_cel_go_compatibility(expression: str, expected: object) -> None:
     """Constructs cel-go accepts that the C++ runtime needs help with (null ternaries, the regex extension)."""
     env = validating_environment()
     assert env.compile(expression, path="p").evaluate(env.activation({})) == expected
+
+
+def test_map_values_come_back_with_sorted_keys() -> None:
+    """The runtime returns maps in no fixed order; results (and so generated and mutated objects) are sorted."""
+    environment = validating_environment()
+    program = environment.compile("{'zeta': 1, 'alpha': {'y': [ {'b': 1, 'a': 2} ], 'x': 0}, 'mid': 2}", path="x")
+    for _ in range(20):
+        value = program.evaluate(environment.activation({}))
+        assert list(value) == ["alpha", "mid", "zeta"]
+        assert list(value["alpha"]) == ["x", "y"] and list(value["alpha"]["y"][0]) == ["a", "b"]
