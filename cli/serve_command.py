@@ -55,6 +55,7 @@ log = logging.getLogger("celvern.serve")
 DEFAULT_PORT = 9443
 TLS_RELOAD_INTERVAL = 30.0
 """Seconds between checks of the certificate files by each worker."""
+LISTEN_BACKLOG = 2048
 RENEWAL_CHECK_INTERVAL = 3600.0
 """Seconds between renewal checks of generated certificates."""
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -219,7 +220,11 @@ def serve_command(
             connected.close()
 
     try:
-        listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # uvicorn's own default backlog: Python's (128) drops SYNs when many API server connections open at once,
+        # and a dropped SYN costs the client a one-second retransmit.
+        listener = socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=LISTEN_BACKLOG
+        )
     except OSError as error:
         raise ServeError(f"cannot listen on {host}:{port}: {error}") from None
     with listener:
