@@ -2,12 +2,13 @@
 
 Both tools get the same generated manifests (Pods, Deployments and Services, one in five violating something) in one
 directory, run as subprocesses on the same machine one after the other, several times each (the first run of each
-is a warm-up and not counted). Wall time and peak resident memory (of the process and its children, from
-`wait4`) are reported as medians, with the ratios. Checkov is not a dependency of celvern: install it anywhere
+is a warm-up and not counted). Wall time and peak resident memory (of the largest single process among the tool and
+its children: `wait4`'s ru_maxrss, so with `--concurrency` each worker's own is not added) are reported as medians,
+with the ratios. Checkov is not a dependency of celvern: install it anywhere
 (`python -m venv /tmp/checkov && /tmp/checkov/bin/pip install checkov`) and pass `--checkov /tmp/checkov/bin/checkov`,
 or have `checkov` on PATH.
 
-    python -m bench.offline                      # 500 manifests, 3 runs each
+    python -m bench.offline                      # 500 manifests, 3 runs each; celvern also with --concurrency 2
     python -m bench.offline --manifests 5000 --runs 2
 """
 
@@ -106,6 +107,13 @@ def main(argv: list[str]) -> int:
         help="run celvern without its compiled-program cache (by default the warm-up run fills it, as a second CI "
         "run on the same machine would find it)",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="*",
+        default=[2],
+        help="also run `celvern apply --concurrency N` for each N (scaling on this machine's cores); none to skip",
+    )
     add_write_flag(parser)
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="celvern-offline-bench-"))
@@ -129,6 +137,10 @@ def main(argv: list[str]) -> int:
         if args.no_cache:
             environment["CELVERN_NO_CACHE"] = "1"
         results = {"celvern apply": measure(celvern, args.runs, environment)}
+        for workers in args.concurrency:
+            results[f"celvern apply -c {workers}"] = measure(
+                [*celvern, "--concurrency", str(workers)], args.runs, environment
+            )
         if args.checkov:
             checkov = [args.checkov, "-d", str(manifest_dir), "--framework", "kubernetes", "--quiet", "--compact"]
             results["checkov"] = measure(checkov, args.runs)
@@ -149,7 +161,8 @@ def main(argv: list[str]) -> int:
                 result["peak MiB"] / theirs["peak MiB"] if theirs else None,
             )
         table.notes.append(
-            f"medians of {args.runs} runs after a warm-up; peak RSS of the process and its children (wait4); "
+            f"medians of {args.runs} runs after a warm-up; peak RSS of the largest single process "
+            "(wait4 ru_maxrss; workers not added); "
             "speed vs checkov = checkov wall / tool wall; memory vs checkov = tool peak / checkov peak"
         )
         ours = results["celvern apply"]
