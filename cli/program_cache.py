@@ -12,6 +12,7 @@ every failure is ignored, since the cache is only an optimisation. `CELVERN_NO_C
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -46,7 +47,12 @@ class DiskProgramCache:
     """`ProgramCache` over files: `<directory>/programs-<fingerprint>/<key[:2]>/<key>`."""
 
     def __init__(self, directory: Path) -> None:
-        self.root = directory / f"programs-{_fingerprint()}"
+        self.directory = directory
+
+    @functools.cached_property
+    def root(self) -> Path:
+        """Computed on first use: commands that compile nothing never read the engine's sources."""
+        return self.directory / f"programs-{_fingerprint()}"
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -60,8 +66,8 @@ class DiskProgramCache:
     def put(self, key: str, value: bytes) -> None:
         if len(value) > MAX_ENTRY_BYTES:
             return
-        path = self._path(key)
         try:
+            path = self._path(key)
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
@@ -80,7 +86,4 @@ def configured_cache() -> DiskProgramCache | None:
     """The cache the environment asks for: None when `CELVERN_NO_CACHE` is set (to anything but 0 or empty)."""
     if os.environ.get("CELVERN_NO_CACHE", "") not in ("", "0"):
         return None
-    try:
-        return DiskProgramCache(default_directory())
-    except OSError:
-        return None
+    return DiskProgramCache(default_directory())

@@ -61,6 +61,7 @@ _MAX_PLANS = 4096
 _Policy = TypeVar("_Policy", CompiledMutatingPolicy, CompiledValidatingPolicy)
 
 
+_MutatingEntries = tuple[tuple[CompiledMutatingPolicy, bool | None], ...]
 _ValidatingEntries = tuple[tuple[CompiledValidatingPolicy, bool | None], ...]
 
 
@@ -68,25 +69,17 @@ _ValidatingEntries = tuple[tuple[CompiledValidatingPolicy, bool | None], ...]
 class Plan:
     """What to evaluate for one request shape: (policy, static match decision) pairs per family, in order."""
 
-    mutating: tuple[tuple[CompiledMutatingPolicy, bool | None], ...]
-    validating: tuple[tuple[CompiledValidatingPolicy, bool | None], ...]
+    mutating: _MutatingEntries
+    validating: _ValidatingEntries
     fused: FusedValidations | None = None
     """The validating policies that match every request of this shape and can be tried in one runtime call."""
+    admission_mutating: _MutatingEntries = dataclasses.field(init=False, repr=False, compare=False)
+    admission_validating: _ValidatingEntries = dataclasses.field(init=False, repr=False, compare=False)
+    """The entries without the policies that cannot match: what admission (`unmatched=False`) evaluates."""
 
-    def admission(self) -> tuple[tuple[tuple[CompiledMutatingPolicy, bool | None], ...], _ValidatingEntries]:
-        """(mutating, validating) entries without the policies that cannot match (what admission evaluates)."""
-        found = self._admission
-        if found is None:
-            found = (
-                tuple(entry for entry in self.mutating if entry[1] is not False),
-                tuple(entry for entry in self.validating if entry[1] is not False),
-            )
-            object.__setattr__(self, "_admission", found)
-        return found
-
-    _admission: tuple[tuple[tuple[CompiledMutatingPolicy, bool | None], ...], _ValidatingEntries] | None = (
-        dataclasses.field(default=None, repr=False, compare=False)
-    )
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "admission_mutating", tuple(e for e in self.mutating if e[1] is not False))
+        object.__setattr__(self, "admission_validating", tuple(e for e in self.validating if e[1] is not False))
 
 
 def _planned(policies: Iterable[_Policy], shape: RequestShape) -> tuple[tuple[_Policy, bool | None], ...]:
@@ -249,7 +242,10 @@ def run(policy_set: PolicySet, context: EvaluationContext, *, unmatched: bool = 
     request = context.request
     original = request.object if request is not None else None
     plan = policy_set.plan(RequestShape.of(request)) if request is not None else policy_set.unplanned
-    mutating, validating = (plan.mutating, plan.validating) if unmatched else plan.admission()
+    if unmatched:
+        mutating, validating = plan.mutating, plan.validating
+    else:
+        mutating, validating = plan.admission_mutating, plan.admission_validating
     session: Session | None = None  # activations of either environment serve programs of both
     with evaluate_in(context.services):
         if mutating and original is not None:

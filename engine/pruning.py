@@ -6,7 +6,7 @@ small part of it (security contexts, host namespaces, volumes); environment vari
 and `metadata.managedFields` are usually never looked at. So at compile time every expression's syntax tree is
 analysed for the paths it reads from the two object variables, the paths of a policy set are merged into one
 `ReadTree` per variable, and at evaluation time the activation gets a copy of the object holding only those
-paths (`prune`). Every other consumer (matching, patching, reports) keeps the full object.
+paths (`pruner`). Every other consumer (matching, patching, reports) keeps the full object.
 
 The analysis is conservative: a value is kept whole as soon as an expression does anything with it other than
 select a field, index it, iterate over it, or pass it through unchanged (`cel.bind`, `? :`, `orValue`, `dyn`,
@@ -347,8 +347,3 @@ def pruner(tree: ReadTree | None, *, element: bool = False) -> Pruner:
         return kept
 
     return prune_keys
-
-
-def prune(value: Any, tree: ReadTree | None) -> Any:
-    """A copy of `value` with only what `tree` reads (one-off use; build a `pruner` for repeated use)."""
-    return pruner(tree)(value)

@@ -42,14 +42,27 @@ def test_damaged_entries_are_compiled_again(tmp_path: Path, monkeypatch: pytest.
     assert apply(tmp_path, monkeypatch) == first
 
 
+class CountingCache(DiskProgramCache):
+    """The disk cache, counting the entries it hands back."""
+
+    hits = 0
+
+    def get(self, key: str) -> bytes | None:
+        found = super().get(key)
+        self.hits += found is not None
+        return found
+
+
 def test_programs_from_the_cache_evaluate_like_compiled_ones(tmp_path: Path) -> None:
     environment = validating_environment()
-    cache = DiskProgramCache(tmp_path)
+    cache = CountingCache(tmp_path)
     expression = "object.spec.containers.all(c, c.image.startsWith('registry.example.com/'))"
     with program_cache(cache):
         compiled = environment.compile(expression, path="x")
+        assert cache.hits == 0 and entries(tmp_path)
         cached = environment.compile(expression, path="y")
-    assert entries(tmp_path) and cached.path == "y" and cached.text == compiled.text and cached.reads == compiled.reads
+    assert cache.hits == 1  # the second program came from the stored entry, not from compiling
+    assert cached.path == "y" and cached.text == compiled.text and cached.reads == compiled.reads
     for image in ("registry.example.com/app", "docker.io/app"):
         data = {"object": {"spec": {"containers": [{"image": image}]}}}
         assert cached.evaluate(environment.activation(data)) == compiled.evaluate(environment.activation(data))
