@@ -104,7 +104,10 @@ def parse_text(text: str, source: str) -> list[Document]:
 
 
 def iter_files(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """The YAML/JSON files under `path` (the path itself if it is a file), in a stable order."""
+    """The YAML/JSON files under `path` (the path itself if it is a file), in a stable order.
+
+    Hidden directories below `path` (`.git`, `.github`, Kyverno's `.kyverno-test`) are skipped: they hold tooling
+    and tests (test-only policy instances among them), not what a directory of policies or manifests means."""
     root = Path(path)
     if root.is_file():
         yield root
@@ -112,7 +115,7 @@ def iter_files(path: str | os.PathLike[str]) -> Iterator[Path]:
     if not root.exists():
         raise LoadError("no such file or directory", Location(str(path)))
     for directory, subdirectories, files in os.walk(root):
-        subdirectories.sort()
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
         for name in sorted(files):
             if name.endswith(YAML_SUFFIXES):
                 yield Path(directory) / name

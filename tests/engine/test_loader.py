@@ -43,6 +43,15 @@ def test_directories_are_walked_in_order(tmp_path: Path) -> None:
     assert [d.data["kind"] for d in load_paths([tmp_path])] == ["One", "Two"]
 
 
+def test_hidden_directories_are_skipped_unless_named(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("a: 1\n")
+    for hidden in (".kyverno-test", ".git"):
+        (tmp_path / hidden).mkdir()
+        (tmp_path / hidden / "instances.yaml").write_text("b: 2\n")
+    assert [d.data for d in load_paths([tmp_path])] == [{"a": 1}]
+    assert [d.data for d in load_paths([tmp_path / ".kyverno-test"])] == [{"b": 2}]  # asked for by name
+
+
 def test_stdin() -> None:
     assert load_paths(["-"], stdin_text="kind: Pod\n")[0].data == {"kind": "Pod"}
 
