@@ -45,6 +45,8 @@ DESCRIPTION: Final = "policies.kyverno.io/description"
 PSS_CONTROL: Final = "celvern.io/pss-control"
 PSP_FIELD: Final = "celvern.io/psp-field"
 PARAMETERS: Final = "celvern.io/parameters"
+LIBRARY_POLICY: Final = "celvern.io/library-policy"
+"""Set on an instance named differently from its library policy: which library policy it is an instance of."""
 
 REQUIRED_ANNOTATIONS: Final = (TITLE, CATEGORY, SEVERITY, DESCRIPTION)
 """What the catalogue cannot do without. `policies.kyverno.io/subject` is informational: an empty string when unset."""
@@ -754,7 +756,8 @@ def instantiate(
     """The policy document of an instance of `policy`: the parameters in `values` written as literals into their
     variables, `spec.validationActions` set to `[action]` (validating policies only), the policy scoped to
     `namespaces` (a `kubernetes.io/metadata.name In [...]` requirement added to `matchConstraints.namespaceSelector`)
-    and named `name` (default: the library name). Raises LibraryError, before building anything, for an unknown
+    and named `name` (default: the library name; another name is recorded in the `celvern.io/library-policy`
+    annotation). Raises LibraryError, before building anything, for an unknown
     parameter, a value that does not fit, an action or namespaces that do not apply, or an invalid name."""
     checked = {key: policy.parameter(key).check(value) for key, value in values.items()}
     if action is not None:
@@ -783,6 +786,11 @@ def instantiate(
         if isinstance(variable, dict) and variable.get("name") in checked:
             variable["expression"] = render_literal(checked[variable["name"]])
     data["metadata"]["name"] = instance_name
+    if instance_name != policy.name:
+        annotations = data["metadata"].get("annotations")
+        annotations = dict(annotations) if isinstance(annotations, dict) else {}
+        annotations[LIBRARY_POLICY] = policy.name
+        data["metadata"]["annotations"] = annotations
     if action is not None:
         spec["validationActions"] = [action]
     if namespaces:

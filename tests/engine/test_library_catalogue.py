@@ -517,6 +517,7 @@ def test_instantiate_rewrites_parameters_action_namespaces_and_name(tmp_path: Pa
     original = yaml.safe_dump(dict(policy.document.data))
     document = instantiate(policy, {"limit": 5}, "Deny", ["shop", "dev", "shop"], "demo-shop")
     assert document["metadata"]["name"] == "demo-shop"
+    assert document["metadata"]["annotations"]["celvern.io/library-policy"] == policy.name  # renamed: traced back
     assert document["spec"]["validationActions"] == ["Deny"]
     assert document["spec"]["variables"] == [
         {"name": "limit", "expression": "5"},
