@@ -1,4 +1,5 @@
-"""Fixtures for every test: compiled-program caches live in a temporary directory, never in the user's home."""
+"""Fixtures for every test: compiled-program caches and the default decision history live in temporary
+directories, never in the user's home."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ from collections.abc import Iterator
 
 import pytest
 
+_REDIRECTED = ("CELVERN_CACHE_DIR", "XDG_STATE_HOME")
+
 
 @pytest.fixture(autouse=True, scope="session")
-def program_cache_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    previous = os.environ.get("CELVERN_CACHE_DIR")
+def user_directories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    previous = {name: os.environ.get(name) for name in _REDIRECTED}
     os.environ["CELVERN_CACHE_DIR"] = str(tmp_path_factory.mktemp("celvern-cache"))
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    os.environ.pop("CELVERN_HISTORY", None)
     yield
-    if previous is None:
-        os.environ.pop("CELVERN_CACHE_DIR", None)
-    else:
-        os.environ["CELVERN_CACHE_DIR"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
