@@ -1,9 +1,15 @@
-"""`celvern controller`: run the background generator against a cluster.
+"""`celvern controller`: run the background generator and the background scan against a cluster.
 
 Thin by design: load the GeneratingPolicies (from a directory or from the cluster's policies.kyverno.io
 resources), connect through `webhook.kubernetes_cluster`, refuse to start without the permissions the policies
 need, then loop `webhook.generator.Generator` while this replica holds the leader Lease
 (`webhook.leader.LeaderElector`). Metrics are served for Prometheus and logs are JSON lines on stderr.
+
+It runs the generator when there are GeneratingPolicies and the background scan when there are validating policies
+with `evaluation.background.enabled` (either may come later with `--from-cluster`): the leader scans at the start of
+its term, every `--scan-interval` seconds and shortly after the policies change, in a background round
+(`webhook.policy_reports.ReportRounds`), keeps one PolicyReport (or, with `--report-format openreports`, one
+openreports.io Report) per resource, and records a `celvern-scan` Event for the findings of each report it changes.
 
 With `--tls-secret`, the leader also owns the webhook's TLS material (`webhook.certificates`): at the start of each
 term and every `--certificate-check-interval` seconds it keeps that Secret holding a valid CA and serving
@@ -17,12 +23,14 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
+from cli.history_options import history_options, resolve_history
+from cli.history_options import recorder as history_recorder
 from cli.suite import load_policy_set
 from engine.errors import CelvernError
 from engine.policy_set import PolicySet
@@ -32,7 +40,10 @@ from webhook.state import PolicySource, StaticPolicySource
 
 if TYPE_CHECKING:  # imported when the command runs: the kubernetes client costs every other command 0.5 s
     from webhook.certificates import CertificateRounds, SecretCertificates
+    from webhook.events import EventRecorder
     from webhook.generator import Generator
+    from webhook.policy_reports import ReportRounds, ScanResultsHook
+    from webhook.scanner import ResourceResult
 
 log = logging.getLogger("celvern.controller")
 
@@ -43,6 +54,11 @@ DEFAULT_GENERATED_KINDS = (
     "rbac.authorization.k8s.io/v1/RoleBinding",
     "v1/ConfigMap",
 )
+
+
+def has_background_policies(policy_set: PolicySet) -> bool:
+    """Whether a background scan has anything to run: a validating policy with evaluation.background.enabled."""
+    return any(policy.source.background_enabled for policy in policy_set.validating)
 
 
 class ControllerError(CelvernError):
@@ -102,7 +118,7 @@ def _template_kinds(policy_set: PolicySet) -> list[ResourceType]:
 @click.option(
     "--policies", "policy_paths", multiple=True, type=click.Path(exists=True), help="Policy files or directories."
 )
-@click.option("--from-cluster", is_flag=True, help="Read GeneratingPolicies and PolicyExceptions from the cluster.")
+@click.option("--from-cluster", is_flag=True, help="Read policies and PolicyExceptions from the cluster.")
 @click.option(
     "--kubeconfig", type=click.Path(), default=None, help="Kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."
 )
@@ -147,6 +163,21 @@ def _template_kinds(policy_set: PolicySet) -> list[ResourceType]:
     show_default=True,
     help="Seconds between checks of the TLS Secret and caBundles.",
 )
+@click.option(
+    "--scan-interval",
+    type=click.FloatRange(min=0.0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds between background scans of the validating policies (0: no scans, no reports).",
+)
+@click.option(
+    "--report-format",
+    type=click.Choice(["wgpolicyk8s", "openreports"]),
+    default="wgpolicyk8s",
+    show_default=True,
+    help="Reports as wgpolicyk8s.io/v1alpha2 PolicyReports or openreports.io/v1alpha1 Reports.",
+)
+@history_options()
 def controller_command(
     policy_paths: tuple[str, ...],
     from_cluster: bool,
@@ -166,9 +197,14 @@ def controller_command(
     extra_sans: tuple[str, ...],
     webhook_configurations: tuple[str, ...],
     certificate_check_interval: float,
+    scan_interval: float,
+    report_format: str,
+    history_url: str | None,
+    no_history: bool,
+    history_retention: float,
 ) -> None:
-    """Create and keep in sync the resources GeneratingPolicies generate (and, with --tls-secret, the webhook's
-    certificates)."""
+    """Create and keep in sync the resources GeneratingPolicies generate, keep policy reports of the validating
+    policies' background scans (and, with --tls-secret, the webhook's certificates)."""
     if bool(policy_paths) == from_cluster:
         raise click.UsageError("give either --policies or --from-cluster")
     if webhook_configurations and tls_secret is None:
@@ -181,6 +217,7 @@ def controller_command(
     from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
 
     logs.configure(log_level)
+    history_url = resolve_history(history_url, no_history) if scan_interval > 0 else None
     try:
         cluster = KubernetesCluster.connect(kubeconfig=kubeconfig, context=kube_context, in_cluster=in_cluster)
     except ClusterConfigError as error:
@@ -197,20 +234,25 @@ def controller_command(
             if snapshot is None:
                 raise ControllerError("cannot read the policies.kyverno.io objects from the cluster")
             policy_set = snapshot.policy_set
-            if not policy_set.generating:
-                log.warning("no GeneratingPolicy in the cluster yet; waiting for one")
+            if not policy_set.generating and not has_background_policies(policy_set):
+                log.warning("no GeneratingPolicy or background ValidatingPolicy in the cluster yet; waiting for one")
         else:
             source = StaticPolicySource(None)
             policy_set = load_policy_set(policy_paths, ())
             if policy_set.compile_errors:
                 raise ControllerError("; ".join(str(error) for error in policy_set.compile_errors))
-            if not policy_set.generating:
-                raise ControllerError("no GeneratingPolicy to run")
-        kinds = {*(_resource_type(text) for text in generated_kinds), *_template_kinds(policy_set)}
-        try:
-            check_permissions(cluster, sorted(kinds, key=lambda r: (r.group, r.resource)))
-        except ApiError as error:
-            raise ControllerError(f"cannot check permissions: {error}") from None
+            scans = scan_interval > 0 and has_background_policies(policy_set)
+            if not policy_set.generating and not scans:
+                raise ControllerError(
+                    "nothing to run: no GeneratingPolicy, and no ValidatingPolicy with background scans enabled"
+                    + ("" if scan_interval > 0 else " (--scan-interval is 0)")
+                )
+        if from_cluster or policy_set.generating:
+            kinds = {*(_resource_type(text) for text in generated_kinds), *_template_kinds(policy_set)}
+            try:
+                check_permissions(cluster, sorted(kinds, key=lambda r: (r.group, r.resource)))
+            except ApiError as error:
+                raise ControllerError(f"cannot check permissions: {error}") from None
         certificates = None
         if tls_secret is not None:
             from webhook.tls import service_dns_names
@@ -223,21 +265,96 @@ def controller_command(
                 webhook_configurations=webhook_configurations,
             )
         registry = CollectorRegistry()
+        history = history_recorder(history_url, history_retention, registry) if history_url else None
         generator = Generator(cluster, policy_set, metrics=GeneratorMetrics(registry))
-        if once:
-            _reconcile_certificates_once(certificates)
-            generator.start()
-            for _ in range(1000):  # bounded: a run over a quiet cluster converges in a few rounds
-                generator.sync_once()
-                if not generator.pending:
-                    break
-            return
-        if metrics_port:
-            start_http_server(metrics_port, registry=registry)
-        rounds = None
-        if certificates is not None:
-            rounds = CertificateRounds(certificates, interval=certificate_check_interval)
-        _run(cluster, generator, source, namespace, lease_name, identity or socket.gethostname(), rounds)
+        reports: ReportRounds | None = None
+        recorder: EventRecorder | None = None
+        if scan_interval > 0 and (from_cluster or has_background_policies(policy_set)):
+            from webhook.events import SCAN_CONTROLLER, EventRecorder
+            from webhook.policy_reports import ReportMetrics, ReportRounds, ReportWriter
+
+            recorder = EventRecorder(cluster, controller=SCAN_CONTROLLER, registry=registry)
+            writer = ReportWriter(
+                cluster,
+                report_format="openreports" if report_format == "openreports" else "wgpolicyk8s",
+                metrics=(report_metrics := ReportMetrics(registry)),
+                on_written=_event_for(recorder) if not once else None,
+            )
+            scan_history = None
+            if history is not None:
+                from webhook.scan_history import ScanHistory
+
+                scan_history = ScanHistory(history)
+            reports = ReportRounds(
+                cluster,
+                writer,
+                policy_set,
+                interval=scan_interval,
+                metrics=report_metrics,
+                on_scan_results=scan_history.add if scan_history is not None else None,
+                on_scan_finished=scan_history.scan_finished if scan_history is not None else None,
+            )
+        if history is not None:
+            history.start()
+        try:
+            if once:
+                _reconcile_certificates_once(certificates)
+                if policy_set.generating:
+                    generator.start()
+                    for _ in range(1000):  # bounded: a run over a quiet cluster converges in a few rounds
+                        generator.sync_once()
+                        if not generator.pending:
+                            break
+                if reports is not None and has_background_policies(policy_set):
+                    _scan_once(reports)
+                return
+            if metrics_port:
+                start_http_server(metrics_port, registry=registry)
+            rounds = None
+            if certificates is not None:
+                rounds = CertificateRounds(certificates, interval=certificate_check_interval)
+            _run(
+                cluster,
+                generator,
+                source,
+                namespace,
+                lease_name,
+                identity or socket.gethostname(),
+                rounds,
+                reports=reports,
+                events=recorder,
+            )
+        finally:
+            if history is not None:
+                history.stop(timeout=10.0)  # what the last scan queued is written before the process exits
+
+
+def _event_for(recorder: EventRecorder) -> Callable[[ResourceResult], None]:
+    """The ReportWriter hook: a changed report's fail/warn/error results become `celvern-scan` Events."""
+
+    def record(result: ResourceResult) -> None:
+        recorder.record_responses(result.key, result.responses)
+
+    return record
+
+
+def _scan_once(reports: ReportRounds) -> None:
+    result = reports.run_once()
+    for note in result.notes:
+        log.info("background scan note", extra={"note": note})
+    errors = [*result.scan_errors, *result.writes.errors]
+    log.info(
+        "background scan finished",
+        extra={
+            "scanned": result.scanned,
+            "reports_created": result.writes.created,
+            "reports_updated": result.writes.updated,
+            "reports_unchanged": result.writes.unchanged,
+            "reports_deleted": result.writes.deleted,
+        },
+    )
+    if errors:
+        raise ControllerError("the background scan did not complete: " + "; ".join(errors))
 
 
 def _reconcile_certificates_once(certificates: SecretCertificates | None) -> None:
@@ -264,7 +381,15 @@ def _run(
     lease_name: str,
     identity: str,
     certificates: CertificateRounds | None = None,
+    *,
+    reports: ReportRounds | None = None,
+    events: EventRecorder | None = None,
+    on_scan_results: ScanResultsHook | None = None,
 ) -> None:
+    """Loop while not stopped: follow policy changes, and while leader run the generator and the background rounds.
+
+    `on_scan_results(batch)` receives every background scan's results, in batches (a hook for recording scan
+    findings elsewhere, e.g. a decision history; nothing uses it yet)."""
     from webhook.leader import LeaderElector
 
     stop = threading.Event()
@@ -281,15 +406,23 @@ def _run(
     start_source = getattr(source, "start", None)
     if start_source is not None:
         start_source()
+    if reports is not None and on_scan_results is not None:
+        reports.on_scan_results = on_scan_results
+    if events is not None:
+        events.start()
     while not stop.is_set():
         snapshot = source.current()
         if snapshot is not None and snapshot.version != version:
             version = snapshot.version
             generator.replace_policies(snapshot.policy_set)
+            if reports is not None:
+                reports.update_policies(snapshot.policy_set)  # a debounced scan with the new policies
             log.info("policies reloaded", extra={"version": version})
         if elector.step():
             if certificates is not None:
                 certificates.tick(new_term=not started)  # a background round: never holds up the Lease
+            if reports is not None:
+                reports.tick(new_term=not started)  # likewise: a scan runs in its own thread
             if not started:
                 generator.start()
                 started = True
@@ -299,6 +432,10 @@ def _run(
             stop.wait(elector.retry_period)
     if certificates is not None:
         certificates.join(timeout=15)  # a round in flight finishes before another replica may start one
+    if reports is not None:
+        reports.join(timeout=15)
+    if events is not None:
+        events.stop()
     elector.release()
     stop_source = getattr(source, "stop", None)
     if stop_source is not None:

@@ -12,9 +12,11 @@ Objects are plain JSON-like dicts, as the API server sends them. Resources are a
 
 from __future__ import annotations
 
+import base64
 import builtins
 import copy
 import itertools
+import secrets
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -63,6 +65,8 @@ class Gone(ApiError):
 class ObjectList:
     items: list[dict[str, Any]]
     resource_version: str
+    continue_token: str = ""
+    """Set when the list was asked for one page (`limit`) and more objects follow: pass it back to get them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +78,20 @@ class WatchEvent:
 class Cluster(Protocol):
     """What controllers may ask of a cluster. Every method may raise ApiError."""
 
-    def list(self, resource: ResourceType, namespace: str = "", label_selector: str = "") -> ObjectList:
-        """All objects of a resource (in one namespace, or everywhere with ""), with the list's resourceVersion."""
+    def list(
+        self,
+        resource: ResourceType,
+        namespace: str = "",
+        label_selector: str = "",
+        *,
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> ObjectList:
+        """Objects of a resource (in one namespace, or everywhere with ""), with the list's resourceVersion.
+
+        With `limit` 0, every object. With a positive `limit`, one page of at most that many objects, starting where
+        `continue_token` (from the previous page's `ObjectList.continue_token`) says; the last page has no token. An
+        expired token raises Gone: list again from the start."""
 
     def watch(
         self, resource: ResourceType, resource_version: str, *, namespace: str = "", timeout_seconds: int = 60
@@ -105,6 +121,54 @@ def _key(resource: ResourceType) -> tuple[str, str, str]:
 def _name_of(obj: Mapping[str, Any]) -> tuple[str, str]:
     metadata = obj.get("metadata") or {}
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def _encode_token(key: tuple[str, str]) -> str:
+    """An opaque continue token: the (namespace, name) of the page's last object, so that pages stay stable when
+    objects before it are created or deleted between calls."""
+    return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[str, str]:
+    try:
+        namespace, _, name = base64.urlsafe_b64decode(token.encode()).decode().partition("/")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, f"invalid continue token {token!r}") from None
+    return namespace, name
+
+
+def list_pages(
+    cluster: Cluster, resource: ResourceType, namespace: str = "", *, label_selector: str = "", page_size: int = 500
+) -> Iterator[builtins.list[dict[str, Any]]]:
+    """The objects of a resource, one page (`limit` = `page_size`) per API call, so that a big collection never
+    arrives, or sits in memory, as one response.
+
+    When a continue token expires between pages (410 Gone), the list starts over from the first page, once: the
+    objects of the pages already yielded come again, so callers that must not see an object twice dedupe by uid.
+    """
+    if page_size <= 0:
+        raise ValueError("page_size must be positive")
+    token, restarted = "", False
+    while True:
+        try:
+            page = cluster.list(resource, namespace, label_selector, limit=page_size, continue_token=token)
+        except Gone:
+            if not token or restarted:
+                raise
+            token, restarted = "", True
+            continue
+        yield page.items
+        token = page.continue_token
+        if not token:
+            return
+
+
+def list_all_pages(
+    cluster: Cluster, resource: ResourceType, namespace: str = "", page_size: int = 500, *, label_selector: str = ""
+) -> Iterator[dict[str, Any]]:
+    """Every object of a resource, read page by page (see `list_pages`)."""
+    for page in list_pages(cluster, resource, namespace, label_selector=label_selector, page_size=page_size):
+        yield from page
 
 
 def parse_label_selector(selector: str) -> list[tuple[str, str | None]]:
@@ -166,16 +230,32 @@ class InMemoryCluster:
 
     # --- Cluster protocol ----------------------------------------------------------------------------------
 
-    def list(self, resource: ResourceType, namespace: str = "", label_selector: str = "") -> ObjectList:
+    def list(
+        self,
+        resource: ResourceType,
+        namespace: str = "",
+        label_selector: str = "",
+        *,
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> ObjectList:
         with self._lock:
             self._enter("list", resource)
             store = self._store(resource)
-            items = [
-                copy.deepcopy(obj)
-                for (obj_namespace, _), obj in sorted(store.objects.items())
-                if (not namespace or obj_namespace == namespace) and matches_labels(obj, label_selector)
-            ]
-            return ObjectList(items, str(self._peek_version() - 1))
+            after = _decode_token(continue_token) if continue_token else None
+            items: builtins.list[dict[str, Any]] = []
+            more = False
+            for key, obj in sorted(store.objects.items()):  # (namespace, name) order: stable across pages
+                if after is not None and key <= after:
+                    continue
+                if (namespace and key[0] != namespace) or not matches_labels(obj, label_selector):
+                    continue
+                if limit > 0 and len(items) == limit:
+                    more = True
+                    break
+                items.append(copy.deepcopy(obj))
+            token = _encode_token(_name_of(items[-1])) if more and items else ""
+            return ObjectList(items, str(self._peek_version() - 1), token)
 
     def watch(
         self, resource: ResourceType, resource_version: str, *, namespace: str = "", timeout_seconds: int = 60
@@ -211,6 +291,9 @@ class InMemoryCluster:
             self._enter("create", resource)
             store = self._store(resource)
             stored = self._normalise(resource, obj)
+            if not stored["metadata"].get("name") and stored["metadata"].get("generateName"):
+                # Like the API server: a random suffix after generateName (events are created this way).
+                stored["metadata"]["name"] = f"{stored['metadata']['generateName']}{secrets.token_hex(3)}"
             key = _name_of(stored)
             if not key[1]:
                 raise ApiError(422, "metadata.name is required")

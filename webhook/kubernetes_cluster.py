@@ -140,9 +140,27 @@ class KubernetesCluster:
 
     # --- Cluster protocol ----------------------------------------------------------------------------------
 
-    def list(self, resource: ResourceType, namespace: str = "", label_selector: str = "") -> ObjectList:
+    def list(
+        self,
+        resource: ResourceType,
+        namespace: str = "",
+        label_selector: str = "",
+        *,
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> ObjectList:
+        """Every object (read in pages of `page_size`), or with `limit` one page starting at `continue_token`."""
         path = resource_path(resource, namespace)
         selector: Query = [("labelSelector", label_selector)] if label_selector else []
+        if limit > 0:
+            query = [*selector, ("limit", str(limit))] + ([("continue", continue_token)] if continue_token else [])
+            page = self._json("GET", path, query)
+            metadata = _mapping(page.get("metadata"))
+            return ObjectList(
+                [_with_type(resource, item) for item in _items(page)],
+                str(metadata.get("resourceVersion") or ""),
+                str(metadata.get("continue") or ""),
+            )
         items: list[dict[str, Any]] = []
         version, token = "", ""
         while True:

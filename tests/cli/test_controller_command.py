@@ -129,3 +129,39 @@ def test_certificate_options_are_checked(arguments: list[str], message: str) -> 
     result = CliRunner().invoke(celvern, ["controller", "--once", "--from-cluster", *arguments])
     assert result.exit_code == 2
     assert message in result.output
+
+
+PODS = DEFAULT_MAPPER.for_kind("v1", "Pod")
+REQUIRE_LABELS = EXAMPLE.parent / "require-labels.yaml"
+
+
+def test_once_scans_and_writes_policy_reports_without_churn(tmp_path: Path) -> None:
+    from tests.webhook.fake_apiserver import custom_resources
+    from webhook.policy_reports import CLUSTER_POLICY_REPORTS, OPEN_CLUSTER_REPORTS, OPEN_REPORTS, POLICY_REPORTS
+
+    REPORTS = (POLICY_REPORTS, CLUSTER_POLICY_REPORTS, OPEN_REPORTS, OPEN_CLUSTER_REPORTS)
+    cluster = InMemoryCluster()
+    cluster.create(NAMESPACES, {"metadata": {"name": "shop"}})
+    for name, labels in (("labelled", {"app.kubernetes.io/name": "web"}), ("bare", {})):
+        cluster.create(PODS, {"metadata": {"namespace": "shop", "name": name, "labels": labels}, "spec": {}})
+    arguments = ["controller", "--once", "--policies", str(REQUIRE_LABELS)]
+    with custom_resources(PODS, *REPORTS), FakeApiServer(cluster) as server:
+        kubeconfig = server.write_kubeconfig(tmp_path)
+        first = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", kubeconfig])
+        writes = len([r for r in server.requests if r[0] in ("POST", "PUT")])
+        again = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", kubeconfig])
+        rewrites = len([r for r in server.requests if r[0] in ("POST", "PUT")]) - writes
+        opened = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", kubeconfig, "--report-format", "openreports"])
+    assert (first.exit_code, again.exit_code, opened.exit_code) == (0, 0, 0), first.output + again.output
+    reports = {r["scope"]["name"]: r["summary"] for r in cluster.list(POLICY_REPORTS, "shop").items}
+    assert reports["bare"]["fail"] == 1 and reports["labelled"]["pass"] == 1
+    assert rewrites == 0  # nothing changed: nothing written
+    assert len(cluster.list(OPEN_REPORTS, "shop").items) == 2
+
+
+def test_nothing_to_run_is_an_error(tmp_path: Path) -> None:
+    arguments = ["controller", "--once", "--policies", str(REQUIRE_LABELS), "--scan-interval", "0"]
+    with FakeApiServer(InMemoryCluster()) as server:
+        result = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", server.write_kubeconfig(tmp_path)])
+    assert result.exit_code == 2
+    assert "nothing to run" in result.stderr

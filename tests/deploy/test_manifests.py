@@ -182,7 +182,11 @@ def test_celvern_pods_pass_pod_security_restricted(kustomization: Path, tmp_path
 
 
 def test_crds_cover_every_kind_the_engine_loads() -> None:
-    kinds = {d["spec"]["names"]["kind"] for d in base_documents() if d["kind"] == "CustomResourceDefinition"}
+    kinds = {
+        d["spec"]["names"]["kind"]
+        for d in base_documents()
+        if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] == "policies.kyverno.io"
+    }
     assert kinds == {*VALIDATING_KINDS, *MUTATING_KINDS, *GENERATING_KINDS, EXCEPTION_KIND}
 
 
@@ -221,3 +225,66 @@ def test_webhook_rbac_is_read_only() -> None:
     verbs = {verb for role in roles for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs <= {"get", "list", "watch"}
     assert not any("secrets" in rule["resources"] for role in roles for rule in role["rules"])
+
+
+def _rules(kind: str, name: str) -> list[dict[str, Any]]:
+    (role,) = [d for d in base_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    rules: list[dict[str, Any]] = role["rules"]
+    return rules
+
+
+def _allows(rules: list[dict[str, Any]], group: str, resource: str, verbs: set[str]) -> bool:
+    return any(
+        (group in rule["apiGroups"] or "*" in rule["apiGroups"])
+        and (resource in rule["resources"] or "*" in rule["resources"])
+        and verbs <= set(rule["verbs"])
+        and not rule.get("resourceNames")
+        for rule in rules
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "plural", "group"),
+    [
+        pytest.param("PolicyReport", "policyreports", "wgpolicyk8s.io", id="PolicyReport"),
+        pytest.param("ClusterPolicyReport", "clusterpolicyreports", "wgpolicyk8s.io", id="ClusterPolicyReport"),
+        pytest.param("Report", "reports", "openreports.io", id="Report"),
+        pytest.param("ClusterReport", "clusterreports", "openreports.io", id="ClusterReport"),
+    ],
+)
+def test_report_crds_and_the_controller_may_write_them(kind: str, plural: str, group: str) -> None:
+    documents = [d for d in yaml.safe_load_all((BASE / "report-crds.yaml").read_text()) if d]
+    (crd,) = [d for d in documents if d["spec"]["names"]["kind"] == kind]
+    assert crd["spec"]["group"] == group and crd["spec"]["names"]["plural"] == plural
+    (version,) = crd["spec"]["versions"]
+    columns = [column["name"] for column in version["additionalPrinterColumns"]]
+    assert columns == ["Kind", "Name", "Pass", "Fail", "Warn", "Error", "Skip", "Age"]
+    assert {"scope", "summary", "results"} <= set(version["schema"]["openAPIV3Schema"]["properties"])
+    rules = _rules("ClusterRole", "celvern-controller")
+    assert _allows(rules, group, plural, {"list", "create", "update", "delete"})
+
+
+def test_the_controller_may_list_what_it_scans_and_record_events() -> None:
+    rules = _rules("ClusterRole", "celvern-controller")
+    assert _allows(rules, "apps", "deployments", {"get", "list", "watch"})
+    assert _allows(rules, "events.k8s.io", "events", {"create", "patch"})
+
+
+def test_the_webhook_may_record_events_and_nothing_else() -> None:
+    rules = _rules("ClusterRole", "celvern-webhook-events")
+    assert rules == [{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]
+    binding = [
+        d
+        for d in base_documents()
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "celvern-webhook-events"
+    ]
+    assert binding and binding[0]["subjects"][0]["name"] == "celvern-webhook"
+
+
+def test_the_controller_runs_background_scans() -> None:
+    (deployment,) = [
+        d for d in base_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "celvern-controller"
+    ]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--scan-interval") + 1] == "3600"
+    assert args[args.index("--report-format") + 1] == "wgpolicyk8s"
