@@ -22,8 +22,12 @@ from engine.errors import CelvernError
 
 LAZY_COMMANDS = {
     "controller": "cli.controller_command:controller_command",
+    "dashboard": "cli.dashboard_command:dashboard_command",
+    "overview": "cli.overview_command:overview_command",
+    "scan": "cli.scan_command:scan_command",
     "serve": "cli.serve_command:serve_command",
     "protect": "cli.protect_command:protect_command",
+    "replay": "cli.replay_command:replay_command",
     "unprotect": "cli.protect_command:unprotect_command",
     "library": "cli.library_command:library_group",
 }

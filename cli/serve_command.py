@@ -44,6 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cli.history_options import history_options, resolve_history
+from cli.history_options import recorder as history_recorder
+
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("celvern.serve")
 
 DEFAULT_PORT = 9443
+DEFAULT_DASHBOARD_PORT = 8080
 TLS_RELOAD_INTERVAL = 30.0
 """Seconds between checks of the certificate files by each worker."""
 LISTEN_BACKLOG = 2048
@@ -88,6 +92,12 @@ class ServeOptions:
     poll_interval: float = 2.0
     tls_reload_interval: float = TLS_RELOAD_INTERVAL
     log_level: str = "info"
+    history_url: str | None = None
+    """Where denials, warnings and audits are recorded (None: nowhere)."""
+    history_retention: float = 7 * 86400.0
+    """Seconds decisions are kept."""
+    events: bool = True
+    """Kubernetes Events for denials and warnings (when a cluster is connected)."""
 
 
 def _default_tls_dir() -> str:
@@ -135,6 +145,29 @@ def _default_tls_dir() -> str:
     show_default=True,
     help="Seconds between checks of --policies for changes (--from-cluster watches instead).",
 )
+@history_options()
+@click.option(
+    "--dashboard",
+    "dashboard_address",
+    default=f"127.0.0.1:{DEFAULT_DASHBOARD_PORT}",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the governance dashboard listens (a child process reading the decision history); off loopback it "
+    "needs --dashboard-token-file.",
+)
+@click.option("--no-dashboard", is_flag=True, help="Serve no dashboard.")
+@click.option(
+    "--dashboard-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the bearer token the dashboard requires.",
+)
+@click.option(
+    "--events/--no-events",
+    default=True,
+    show_default=True,
+    help="Create Kubernetes Events (events.k8s.io/v1) for denials and warnings, rate-limited (needs a cluster).",
+)
 @click.option("--tls-reload-interval", type=click.FloatRange(min=0.1), default=TLS_RELOAD_INTERVAL, hidden=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def serve_command(
@@ -156,6 +189,13 @@ def serve_command(
     poll_interval: float,
     tls_reload_interval: float,
     log_level: str,
+    history_url: str | None,
+    no_history: bool,
+    history_retention: float,
+    dashboard_address: str,
+    no_dashboard: bool,
+    dashboard_token_file: str | None,
+    events: bool,
 ) -> None:
     """Serve the admission webhook: POST /validate and /mutate, GET /healthz, /readyz and /metrics.
 
@@ -172,6 +212,10 @@ def serve_command(
         raise click.UsageError("give either --tls-cert/--tls-key or --tls-dir")
     if insecure_http and (tls_cert or tls_dir):
         raise click.UsageError("--insecure-http serves no TLS: drop the TLS options")
+    history_url = resolve_history(history_url, no_history)
+    dashboard: DashboardOptions | None = None
+    if not no_history and not no_dashboard:
+        dashboard = _dashboard_options(dashboard_address, dashboard_token_file)
 
     from webhook import logs
 
@@ -206,6 +250,9 @@ def serve_command(
         poll_interval=poll_interval,
         tls_reload_interval=tls_reload_interval,
         log_level=log_level,
+        history_url=history_url,
+        history_retention=history_retention,
+        events=events,
     )
     if options.cert_path and options.key_path:  # fail here, not in every worker, on unusable files
         from webhook.tls import CertificateFiles
@@ -240,14 +287,104 @@ def serve_command(
         if store is not None:
             # Workers reload the files themselves (on their event loops); the timer only renews them.
             store.start(RENEWAL_CHECK_INTERVAL, on_renewed=lambda: None)
+        dashboard_process = None
+        if dashboard is not None:
+            dashboard_process = _start_dashboard(dashboard, options)
         try:
             if workers == 1:
                 run_worker(options, listener)
             else:
                 _supervise(options, listener, workers)
         finally:
+            if dashboard_process is not None:
+                _stop_process(dashboard_process)
             if store is not None:
                 store.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardOptions:
+    host: str
+    port: int
+    token: str | None
+
+
+def _dashboard_options(address: str, token_file: str | None) -> DashboardOptions:
+    """The checked --dashboard address and token: usage errors for a bad address or an exposed dashboard without a
+    token, before anything starts."""
+    from cli.dashboard_command import is_loopback, read_token
+
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise click.BadParameter(f"expected HOST:PORT, got {address!r}", param_hint="--dashboard") from None
+    if not host or not 0 <= port <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT, got {address!r}", param_hint="--dashboard")
+    token = read_token(token_file) if token_file else None
+    if token is None and not is_loopback(host):
+        raise click.UsageError(
+            f"refusing to serve the dashboard on {host} without a token: pass --dashboard-token-file, or listen on "
+            "127.0.0.1 (or --no-dashboard)"
+        )
+    return DashboardOptions(host, port, token)
+
+
+def _start_dashboard(dashboard: DashboardOptions, options: ServeOptions) -> BaseProcess | None:
+    """Run the dashboard in a child process, apart from admission: its queries over a week of history must never
+    take the event loop that answers the API server. The socket is bound here, so that the port is logged; a port
+    already in use is logged and admission starts anyway (the webhook matters more than its dashboard)."""
+    family = socket.AF_INET6 if ":" in dashboard.host else socket.AF_INET
+    try:
+        listener = socket.create_server((dashboard.host, dashboard.port), family=family)
+    except OSError as error:
+        log.error(
+            "cannot listen for the dashboard; serving admission without it",
+            extra={"host": dashboard.host, "port": dashboard.port, "error": str(error)},
+        )
+        return None
+    with listener:  # the child gets its own copy
+        log.info(
+            "dashboard listening",
+            extra={"host": dashboard.host, "port": listener.getsockname()[1], "token": dashboard.token is not None},
+        )
+        process = multiprocessing.get_context("spawn").Process(
+            target=_dashboard_main, args=(options, listener, dashboard.token), name="celvern-dashboard", daemon=True
+        )
+        process.start()
+    return process
+
+
+def _dashboard_main(options: ServeOptions, listener: socket.socket, token: str | None) -> None:
+    from cli.dashboard_command import ClusterOptions, run_dashboard
+    from webhook import logs
+
+    logs.configure(options.log_level)
+    _route_uvicorn_logs(options.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it (SIGTERM) after admission has stopped
+    assert options.history_url is not None
+    cluster = (
+        ClusterOptions(options.kubeconfig, options.kube_context, options.in_cluster) if options.from_cluster else None
+    )
+    host = listener.getsockname()[0]
+    run_dashboard(
+        options.history_url,
+        options.policy_paths,
+        host=str(host),
+        token=token,
+        listener=listener,
+        cluster_policies=cluster,
+    )
+
+
+def _stop_process(process: BaseProcess) -> None:
+    if process.is_alive():
+        process.terminate()
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
 
 
 def _route_uvicorn_logs(level: str) -> None:
@@ -292,7 +429,7 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
     import uvloop
 
     from webhook.namespaces import NamespaceCache
-    from webhook.server import create_app
+    from webhook.server import create_app, new_registry
     from webhook.snapshot import ClusterPolicySource, DirectoryPolicySource
     from webhook.state import NamespaceResolver, StaticNamespaces
 
@@ -321,8 +458,17 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
         certificates = CertificateFiles(options.cert_path, options.key_path)
         context = certificates.ssl_context()
         factory = lambda _config, _default: context  # noqa: E731
+    registry = new_registry()
+    recorder = None
+    if options.history_url:
+        recorder = history_recorder(options.history_url, options.history_retention, registry)
+    event_recorder = None
+    if cluster is not None and options.events:
+        from webhook.events import EventRecorder
+
+        event_recorder = EventRecorder(cluster, controller="celvern-admission", registry=registry)
     config = uvicorn.Config(
-        create_app(policies, namespaces),
+        create_app(policies, namespaces, registry=registry, history=recorder, events=event_recorder),
         loop="uvloop",
         http="httptools",
         ssl_context_factory=factory,
@@ -349,6 +495,10 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
     policies.start()
     if cache is not None:
         cache.start()
+    if recorder is not None:
+        recorder.start()
+    if event_recorder is not None:
+        event_recorder.start()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve(server, listener, certificates, options.tls_reload_interval))
@@ -356,6 +506,10 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         policies.stop()
+        if recorder is not None:
+            recorder.stop(timeout=5.0)  # what is queued is written before the worker exits
+        if event_recorder is not None:
+            event_recorder.stop(timeout=2.0)
         if cache is not None:
             cache.stop(timeout=1.0)
         if cluster is not None:

@@ -19,11 +19,12 @@ module only needs a `PolicySource` and a `NamespaceResolver`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import (
@@ -59,6 +60,7 @@ from webhook.admission import (
     resource_path,
     review_response,
 )
+from webhook.history import Decision
 from webhook.state import NamespaceResolver, PolicySource, Snapshot
 
 MAX_BODY = 3 * 1024 * 1024
@@ -74,6 +76,69 @@ audit_log = logging.getLogger("celvern.audit")
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class DecisionSink(Protocol):
+    """Takes decisions for the history (`webhook.history.DecisionRecorder`); must never block."""
+
+    def submit(self, decision: Decision) -> object: ...
+
+
+class EventSink(Protocol):
+    """Turns denials and warnings into Kubernetes Events (`webhook.events.EventRecorder`); must never block."""
+
+    def record_admission(
+        self,
+        *,
+        policy: str,
+        result: str,
+        action: str,
+        kind: str,
+        api_version: str,
+        namespace: str,
+        name: str,
+        uid: str,
+        message: str,
+    ) -> object: ...
+
+
+_HISTORY_ACTIONS = {"Deny": "deny", "Warn": "warn", "Audit": "audit"}
+"""Admission actions the history records (an error ignored under failurePolicy Ignore is not a decision)."""
+_STRENGTH = {"deny": 3, "warn": 2, "audit": 1}
+
+
+def history_decisions(
+    request: AdmissionRequest, decision: AdmissionDecision, when: datetime.datetime
+) -> list[Decision]:
+    """The history's records of one admission decision: one per policy and message, with the strongest action it
+    took (a policy with `validationActions: [Warn, Audit]` is one warning, not two decisions)."""
+    strongest: dict[tuple[str, str], Decision] = {}
+    kind = request.kind.kind
+    user = request.user_info.username
+    for event in decision.audit_events:
+        action = _HISTORY_ACTIONS.get(event.action)
+        if action is None:
+            continue
+        key = (event.policy, event.message)
+        known = strongest.get(key)
+        if known is not None and _STRENGTH[known.action] >= _STRENGTH[action]:
+            continue
+        strongest[key] = Decision(
+            time=when,
+            source="admission",
+            policy=event.policy,
+            action=action,
+            kind=kind,
+            namespace=request.namespace,
+            name=request.name,
+            message=event.message,
+            severity=event.severity,
+            category=event.category,
+            user=user,
+            result=event.result,
+            operation=request.operation,
+        )
+    return list(strongest.values())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,6 +217,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def new_registry() -> CollectorRegistry:
+    """A registry for one app, with the process, platform and GC collectors unless in multiprocess mode (where
+    they describe one process of many and are left out)."""
+    registry = CollectorRegistry()
+    if _multiprocess_dir() is None:
+        process_collector.ProcessCollector(registry=registry)
+        platform_collector.PlatformCollector(registry=registry)
+        gc_collector.GCCollector(registry=registry)
+    return registry
+
+
 def create_app(
     policies: PolicySource,
     namespaces: NamespaceResolver,
@@ -160,8 +236,13 @@ def create_app(
     registry: CollectorRegistry | None = None,
     services: Services | None = None,
     mapper: ResourceMapper = DEFAULT_MAPPER,
+    history: DecisionSink | None = None,
+    events: EventSink | None = None,
 ) -> Starlette:
     """The webhook app: `POST /validate`, `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+
+    Denials, warnings and audits go to `history` (the decision history) and denials and warnings to `events`
+    (Kubernetes Events) when given; both only queue, so neither can slow or fail an answer.
 
     Without `registry`, the app gets its own registry with the process, platform and GC collectors (so several
     apps in one process, as in tests, do not collide). In multiprocess mode (`PROMETHEUS_MULTIPROC_DIR` set before
@@ -170,11 +251,7 @@ def create_app(
     """
     multiprocess_dir = _multiprocess_dir()
     if registry is None:
-        registry = CollectorRegistry()
-        if multiprocess_dir is None:
-            process_collector.ProcessCollector(registry=registry)
-            platform_collector.PlatformCollector(registry=registry)
-            gc_collector.GCCollector(registry=registry)
+        registry = new_registry()
     metrics = _Metrics.create(registry)
     evaluation_services = services or Services()
     split_cache: dict[str, tuple[Snapshot, PolicySet, PolicySet]] = {}
@@ -214,6 +291,34 @@ def create_app(
             found = children[key] = metric.labels(*labels)
         return found
 
+    def _publish(request: AdmissionRequest, decision: AdmissionDecision) -> None:
+        try:
+            decisions = history_decisions(request, decision, datetime.datetime.now(datetime.UTC))
+            if history is not None:
+                for entry in decisions:
+                    history.submit(entry)
+            if events is not None:
+                obj = request.object if request.object is not None else request.old_object
+                api_version = obj.get("apiVersion", "") if isinstance(obj, Mapping) else ""
+                metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+                uid = metadata.get("uid", "") if isinstance(metadata, Mapping) else ""
+                for entry in decisions:
+                    if entry.action == "audit":
+                        continue
+                    events.record_admission(
+                        policy=entry.policy,
+                        result=entry.result,
+                        action=entry.action,
+                        kind=entry.kind,
+                        api_version=str(api_version or ""),
+                        namespace=entry.namespace,
+                        name=entry.name,
+                        uid=str(uid or ""),
+                        message=entry.message,
+                    )
+        except Exception:  # bookkeeping never costs an answer
+            log.exception("cannot record the decision in the history or as events")
+
     def record(path: str, request: AdmissionRequest, decision: AdmissionDecision, started: float) -> None:
         operation = request.operation.lower()
         allowed = "true" if decision.allowed else "false"
@@ -223,6 +328,8 @@ def create_app(
         for outcome in decision.outcomes:
             child(metrics.results, outcome.policy, outcome.result, kind, operation, outcome.action).inc()
         if decision.audit_events:
+            if history is not None or events is not None:
+                _publish(request, decision)
             resource = resource_path(request)
             user = request.user_info.username
             for event in decision.audit_events:
