@@ -1,8 +1,9 @@
 """`python -m bench`: the in-process and offline parts of issue 8's benchmark suite, printed and written to
 BENCHMARKS.md.
 
-1. The Pod Security ValidatingPolicy set on a 10 KB Pod (compile time, median per request), and its expressions
-   next to the pure-Python cel-python package as the naive baseline (bench/baseline.py);
+1. The Pod Security ValidatingPolicy set on a 10 KB Pod (compile time, median per request), the compile time of the
+   whole bundled library, and the set's expressions next to the pure-Python cel-python package as the naive
+   baseline (bench/baseline.py);
 2. `celvern apply` of that set over 500 Pods;
 3. a 3-policy mutation chain with its final patch;
 4. the background generator on 1,000 namespace events (bench/generator.py);
@@ -121,6 +122,37 @@ def bench_evaluation(evaluations: int) -> dict[str, float]:
         "compile ms": compile_ms,
         "median ms": statistics.median(samples) * 1000,
         "p95 ms": sorted(samples)[int(0.95 * len(samples)) - 1] * 1000,
+    }
+
+
+LIBRARY = REPOSITORY / "policies"
+
+
+def bench_library_compile(runs: int = 5) -> dict[str, float]:
+    """Compile time of the whole bundled library (every policy.yaml, all three families), with no program cache:
+    what `celvern serve` and the controller pay at start and on every policy change."""
+    files = sorted(LIBRARY.rglob("policy.yaml"))
+    load_samples, compile_samples = [], []
+    policy_set = None
+    for _ in range(runs + 1):  # the first run is a warm-up (imports, schema tables)
+        started = time.perf_counter()
+        policies, _ = split_documents(load_paths(files))
+        loaded = time.perf_counter()
+        policy_set = build_policy_set(policies)
+        compiled = time.perf_counter()
+        load_samples.append(loaded - started)
+        compile_samples.append(compiled - loaded)
+    assert policy_set is not None and not policy_set.compile_errors, policy_set and policy_set.compile_errors
+    compile_ms = statistics.median(compile_samples[1:]) * 1000
+    return {
+        "policy files": float(len(files)),
+        "policies": float(policy_set.policy_count),
+        "compiled (incl. autogen)": float(
+            len(policy_set.validating) + len(policy_set.mutating) + len(policy_set.generating)
+        ),
+        "YAML load ms": statistics.median(load_samples[1:]) * 1000,
+        "compile ms": compile_ms,
+        "compile ms per policy": compile_ms / policy_set.policy_count,
     }
 
 
@@ -276,6 +308,13 @@ def main(argv: list[str]) -> int:
     per_expression, summary = compare(make_pod("bench"), pod_security_policy_files(), args.celpy_samples)
     show(per_expression)
     show(summary)
+    show(
+        _table(
+            "1c. Compile time of the whole bundled library (policies/), no program cache, in-process",
+            bench_library_compile(),
+            ["medians of 5 runs after a warm-up"],
+        )
+    )
     apply_result, apply_summary = bench_apply(args.pods, args.apply_runs)
     show(
         _table(
