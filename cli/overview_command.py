@@ -51,9 +51,7 @@ def _cut(text: str, width: int = _MESSAGE_WIDTH) -> str:
 
 def render(target: Console, data: Mapping[str, Any]) -> None:
     """The overview as tables: severities, the 7 days, top violated, safe to enforce, recent violations."""
-    severities = _table(
-        "Policies by severity (enabled of library)", "SEVERITY", "ENABLED", "LIBRARY", numeric=("ENABLED", "LIBRARY")
-    )
+    severities = _table("Policies by severity", "SEVERITY", "ENABLED", "LIBRARY", numeric=("ENABLED", "LIBRARY"))
     for row in data["policies"]["bySeverity"]:
         severities.add_row(
             Text(row["severity"], style=_SEVERITY_STYLE.get(row["severity"], "")),
