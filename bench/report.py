@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPOSITORY / "BENCHMARKS.md"
-SECTION_ORDER = ("core", "webhook", "offline", "overview")
+SECTION_ORDER = ("core", "webhook", "offline", "overview", "memory")
 """Where known sections go in the file; unknown ones follow in the order they were found."""
 
 PREAMBLE = """# Benchmarks

@@ -37,6 +37,7 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -57,6 +58,14 @@ log = logging.getLogger("celvern.serve")
 
 DEFAULT_PORT = 9443
 DEFAULT_DASHBOARD_PORT = 8080
+DEFAULT_MAX_WORKER_MEMORY_MIB = 1024
+MEMORY_CHECK_INTERVAL = 5.0
+"""Seconds between checks of a worker's resident memory."""
+RECYCLE_EXIT = 75
+"""Exit code of a worker that stopped to be recycled (its memory grew over --max-worker-memory)."""
+LISTEN_FD_ENV = "CELVERN_LISTEN_FD"
+"""Set across the re-exec of a recycled single worker: the listening socket's descriptor, kept open so that
+connections arriving meanwhile wait in its backlog instead of being refused."""
 TLS_RELOAD_INTERVAL = 30.0
 """Seconds between checks of the certificate files by each worker."""
 LISTEN_BACKLOG = 2048
@@ -98,6 +107,9 @@ class ServeOptions:
     """Seconds decisions are kept."""
     events: bool = True
     """Kubernetes Events for denials and warnings (when a cluster is connected)."""
+    max_worker_memory: int = 0
+    """Resident bytes above which a worker is recycled (0: never)."""
+    memory_check_interval: float = MEMORY_CHECK_INTERVAL
 
 
 def _default_tls_dir() -> str:
@@ -168,6 +180,17 @@ def _default_tls_dir() -> str:
     show_default=True,
     help="Create Kubernetes Events (events.k8s.io/v1) for denials and warnings, rate-limited (needs a cluster).",
 )
+@click.option(
+    "--max-worker-memory",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_WORKER_MEMORY_MIB,
+    show_default=True,
+    metavar="MIB",
+    help="Recycle a worker whose resident memory grows over this (0: never): it finishes its requests and a fresh "
+    "one takes over the listening socket. cel-expr-python leaks memory on calls of Python-implemented CEL functions "
+    "(image, quantity, ...); this bounds it. Keep it under the container's memory limit.",
+)
+@click.option("--memory-check-interval", type=click.FloatRange(min=0.05), default=MEMORY_CHECK_INTERVAL, hidden=True)
 @click.option("--tls-reload-interval", type=click.FloatRange(min=0.1), default=TLS_RELOAD_INTERVAL, hidden=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def serve_command(
@@ -187,6 +210,8 @@ def serve_command(
     kube_context: str | None,
     in_cluster: bool,
     poll_interval: float,
+    max_worker_memory: int,
+    memory_check_interval: float,
     tls_reload_interval: float,
     log_level: str,
     history_url: str | None,
@@ -253,6 +278,8 @@ def serve_command(
         history_url=history_url,
         history_retention=history_retention,
         events=events,
+        max_worker_memory=max_worker_memory * 1024 * 1024,
+        memory_check_interval=memory_check_interval,
     )
     if options.cert_path and options.key_path:  # fail here, not in every worker, on unusable files
         from webhook.tls import CertificateFiles
@@ -266,14 +293,17 @@ def serve_command(
         if connected is not None:
             connected.close()
 
+    listener = _inherited_listener()
     try:
-        # uvicorn's own default backlog: Python's (128) drops SYNs when many API server connections open at once,
-        # and a dropped SYN costs the client a one-second retransmit.
-        listener = socket.create_server(
-            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=LISTEN_BACKLOG
-        )
+        if listener is None:
+            # uvicorn's own default backlog: Python's (128) drops SYNs when many API server connections open at
+            # once, and a dropped SYN costs the client a one-second retransmit.
+            listener = socket.create_server(
+                (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=LISTEN_BACKLOG
+            )
     except OSError as error:
         raise ServeError(f"cannot listen on {host}:{port}: {error}") from None
+    recycled = False
     with listener:
         log.info(
             "listening",
@@ -292,7 +322,7 @@ def serve_command(
             dashboard_process = _start_dashboard(dashboard, options)
         try:
             if workers == 1:
-                run_worker(options, listener)
+                recycled = run_worker(options, listener)
             else:
                 _supervise(options, listener, workers)
         finally:
@@ -300,6 +330,38 @@ def serve_command(
                 _stop_process(dashboard_process)
             if store is not None:
                 store.stop()
+        if recycled:
+            _reexec(listener)  # does not return
+
+
+def _inherited_listener() -> socket.socket | None:
+    """The listening socket handed over by a recycled worker's re-exec (see `_reexec`), if any."""
+    descriptor = os.environ.pop(LISTEN_FD_ENV, None)
+    if descriptor is None:
+        return None
+    try:
+        inherited = socket.socket(fileno=int(descriptor))
+    except (OSError, ValueError):
+        log.warning("ignoring an unusable inherited listening socket", extra={"fd": descriptor})
+        return None
+    if not inherited.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        inherited.close()
+        return None
+    return inherited
+
+
+def _reexec(listener: socket.socket) -> None:
+    """Start this command afresh in this process, keeping the listening socket open across the exec: the kernel
+    keeps queueing connections in its backlog until the new image accepts them, so none is refused."""
+    descriptor = listener.fileno()
+    os.set_inheritable(descriptor, True)
+    os.environ[LISTEN_FD_ENV] = str(descriptor)
+    log.info("re-executing to recycle the worker", extra={"pid": os.getpid()})
+    for handler in logging.getLogger("celvern").handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,8 +485,9 @@ def _connect(options: ServeOptions) -> KubernetesCluster | None:
         return None
 
 
-def run_worker(options: ServeOptions, listener: socket.socket) -> None:
-    """Serve on `listener` in this process until SIGTERM/SIGINT (or the server stops)."""
+def run_worker(options: ServeOptions, listener: socket.socket) -> bool:
+    """Serve on `listener` in this process until SIGTERM/SIGINT (or the server stops). Returns True when the worker
+    stopped to be recycled (its memory grew over `options.max_worker_memory`)."""
     import uvicorn
     import uvloop
 
@@ -499,10 +562,15 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
         recorder.start()
     if event_recorder is not None:
         event_recorder.start()
+    recycled = False
+    # uvicorn closes the sockets it serves on when it stops: it gets a duplicate, so that the listening socket itself
+    # survives a recycle.
+    serving = listener.dup()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(server, listener, certificates, options.tls_reload_interval))
+            recycled = runner.run(_serve(server, serving, certificates, options))
     finally:
+        serving.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         policies.stop()
@@ -515,17 +583,57 @@ def run_worker(options: ServeOptions, listener: socket.socket) -> None:
         if cluster is not None:
             cluster.close()
         log.info("server stopped", extra={"pid": os.getpid()})
+    return recycled
 
 
-async def _serve(server: Any, listener: socket.socket, certificates: CertificateFiles | None, interval: float) -> None:
-    watcher = asyncio.create_task(_watch_certificates(certificates, interval)) if certificates else None
+async def _serve(
+    server: Any, listener: socket.socket, certificates: CertificateFiles | None, options: ServeOptions
+) -> bool:
+    """Serve until stopped; True when stopped by the memory watcher."""
+    tasks = []
+    if certificates is not None:
+        tasks.append(asyncio.create_task(_watch_certificates(certificates, options.tls_reload_interval)))
+    recycle = asyncio.Event()
+    if options.max_worker_memory:
+        tasks.append(
+            asyncio.create_task(
+                _watch_memory(server, options.max_worker_memory, options.memory_check_interval, recycle)
+            )
+        )
     try:
         await server.serve(sockets=[listener])
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await task
+    return recycle.is_set()
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def _watch_memory(
+    server: Any, limit: int, interval: float, recycle: asyncio.Event, measure: Callable[[], int] = resident_bytes
+) -> None:
+    """Stop the server gracefully (in-flight requests finish) once its resident memory exceeds `limit`."""
+    while True:
+        await asyncio.sleep(interval)
+        used = measure()
+        if used > limit:
+            log.warning(
+                "worker memory over the limit; recycling the worker",
+                extra={"resident_mib": used // (1024 * 1024), "limit_mib": limit // (1024 * 1024)},
+            )
+            recycle.set()
+            server.should_exit = True
+            return
 
 
 async def _watch_certificates(certificates: CertificateFiles, interval: float) -> None:
@@ -543,7 +651,8 @@ def _worker_main(options: ServeOptions, listener: socket.socket) -> None:
 
     logs.configure(options.log_level)
     _route_uvicorn_logs(options.log_level)
-    run_worker(options, listener)
+    if run_worker(options, listener):
+        sys.exit(RECYCLE_EXIT)
 
 
 def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> None:
@@ -583,7 +692,10 @@ def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> No
         while not stop.wait(0.5):
             for index, process in enumerate(processes):
                 if not process.is_alive():
-                    log.error("worker died; restarting", extra={"pid": process.pid, "exitcode": process.exitcode})
+                    if process.exitcode == RECYCLE_EXIT:
+                        log.info("worker recycled; starting a fresh one", extra={"pid": process.pid})
+                    else:
+                        log.error("worker died; restarting", extra={"pid": process.pid, "exitcode": process.exitcode})
                     retire(process)
                     process.close()
                     processes[index] = launch()
@@ -592,7 +704,7 @@ def _supervise(options: ServeOptions, listener: socket.socket, count: int) -> No
             if process.is_alive():
                 process.terminate()
         for process in processes:
-            process.join(GRACEFUL_SHUTDOWN_SECONDS + 5)
+            process.join(GRACEFUL_SHUTDOWN_SECONDS + 15)  # uvicorn, then the history, events and caches
             if process.is_alive():
                 process.kill()
                 process.join(5)

@@ -292,6 +292,10 @@ def create_app(
         return found
 
     def _publish(request: AdmissionRequest, decision: AdmissionDecision) -> None:
+        if request.dry_run:
+            # `kubectl diff`, `--dry-run=server` and GitOps tools' previews persist nothing: recording them would
+            # inflate the counts with requests that never happened, and the webhooks declare `sideEffects: None`.
+            return
         try:
             decisions = history_decisions(request, decision, datetime.datetime.now(datetime.UTC))
             if history is not None:
@@ -302,6 +306,11 @@ def create_app(
                 api_version = obj.get("apiVersion", "") if isinstance(obj, Mapping) else ""
                 metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
                 uid = metadata.get("uid", "") if isinstance(metadata, Mapping) else ""
+                # Events about a cluster-scoped object (a Namespace being created, a ClusterRole) go to the default
+                # namespace, not to request.namespace (for a Namespace, its own name: perhaps not created yet).
+                gvk = request.kind
+                request_api_version = f"{gvk.group}/{gvk.version}" if gvk.group else gvk.version
+                cluster_scoped = not mapper.for_kind(request_api_version, gvk.kind).namespaced
                 for entry in decisions:
                     if entry.action == "audit":
                         continue
@@ -311,7 +320,7 @@ def create_app(
                         action=entry.action,
                         kind=entry.kind,
                         api_version=str(api_version or ""),
-                        namespace=entry.namespace,
+                        namespace="" if cluster_scoped else entry.namespace,
                         name=entry.name,
                         uid=str(uid or ""),
                         message=entry.message,

@@ -318,3 +318,55 @@ def test_renewed_certificate_is_served_without_dropping_connections(policy_dir: 
     finally:
         code = server.stop()
     assert code == 0, b"".join(server.log).decode(errors="replace")
+
+
+def _messages(server: Server) -> list[str]:
+    while True:
+        try:
+            server.log.append(server.lines.get_nowait())
+        except queue.Empty:
+            break
+    found = []
+    for line in server.log:
+        try:
+            found.append(orjson.loads(line).get("message", ""))
+        except orjson.JSONDecodeError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_over_the_memory_limit_are_recycled_without_refusing_requests(
+    policy_dir: Path, tmp_path: Path, workers: int
+) -> None:
+    """A 1 MiB limit is always exceeded: every worker is recycled after each check. Reviews sent meanwhile all get
+    an answer: the listening socket stays open across recycles, so connections wait in its backlog."""
+    env = {key: value for key, value in os.environ.items() if key != "KUBERNETES_SERVICE_HOST"}
+    env["KUBECONFIG"] = str(tmp_path / "no-kubeconfig")
+    server = Server(
+        *("--policies", str(policy_dir), "--insecure-http", "--host", "127.0.0.1", "--port", "0"),
+        *("--workers", str(workers), "--max-worker-memory", "1", "--memory-check-interval", "0.5"),
+        *("--no-history",),
+        env=env,
+    )
+    try:
+        port = server.wait_for_port()
+        answered = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:  # a new connection each
+                response = client.post("/validate", content=orjson.dumps(review("nginx:latest", uid=f"u-{answered}")))
+            assert response.status_code == 200, response.text
+            assert response.json()["response"]["allowed"] is False
+            answered += 1
+            recycles = _messages(server).count("worker memory over the limit; recycling the worker")
+            if recycles >= 3 and answered >= 20:
+                break
+        assert recycles >= 3, f"{recycles} recycles in 60 s"
+    finally:
+        code = server.stop()
+    assert code == 0, b"".join(server.log).decode(errors="replace")
+    if workers == 1:
+        assert "re-executing to recycle the worker" in _messages(server)
+    else:
+        assert "worker recycled; starting a fresh one" in _messages(server)

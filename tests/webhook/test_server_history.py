@@ -96,3 +96,22 @@ def test_delete_is_recorded_with_the_old_object() -> None:
 def test_broken_sinks_never_cost_an_answer() -> None:
     response = answer(post_review(make_app(Sinks(broken=True), DENY), review(uid="u-2")))
     assert response["allowed"] is False and response["uid"] == "u-2"
+
+
+def test_dry_runs_are_not_recorded() -> None:
+    sinks = Sinks()
+    response = answer(post_review(make_app(sinks, DENY), review(uid="u-3", dry_run=True)))
+    assert response["allowed"] is False  # still evaluated and answered
+    assert sinks.decisions == [] and sinks.events == []
+
+
+def test_events_about_cluster_scoped_objects_go_to_the_default_namespace() -> None:
+    deny_namespaces = DENY.replace("resources: [pods]", "resources: [namespaces]")
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "new-team"}}
+    document = review(namespace, namespace="new-team")
+    document["request"]["kind"] = {"group": "", "version": "v1", "kind": "Namespace"}
+    document["request"]["resource"] = {"group": "", "version": "v1", "resource": "namespaces"}
+    document["request"]["name"] = "new-team"
+    sinks = Sinks()
+    post_review(make_app(sinks, deny_namespaces), document)
+    assert [(e["kind"], e["name"], e["namespace"]) for e in sinks.events] == [("Namespace", "new-team", "")]
