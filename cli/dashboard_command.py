@@ -3,7 +3,9 @@
 Why this module exists: the dashboard runs inside `celvern serve`, but a security team also wants it next to a
 store the webhooks write to (a shared SQLite file, PostgreSQL) without running an admission server. This module
 parses flags, refuses to expose the dashboard beyond loopback without a token (the history names users, namespaces
-and what they tried to deploy), and starts uvicorn.
+and what they tried to deploy) or with a token shorter than 16 characters, serves TLS with `--tls-cert/--tls-key`
+(and warns loudly when it listens beyond loopback over plain HTTP: fine only behind a TLS-terminating proxy), and
+starts uvicorn.
 
 `run_dashboard` takes plain, picklable arguments so that `celvern serve` can run it in a child process.
 """
@@ -11,8 +13,10 @@ and what they tried to deploy), and starts uvicorn.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,10 @@ from webhook.state import PolicySource
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+MIN_TOKEN_LENGTH = 16
+"""Characters a dashboard token needs at least (`openssl rand -hex 32` makes 64)."""
+
+log = logging.getLogger("celvern.dashboard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +57,26 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(path: str) -> str:
-    """The token in `path` (surrounding whitespace dropped); a usage error when unreadable or empty."""
+    """The token in `path` (surrounding whitespace dropped); a usage error when unreadable, empty or shorter than
+    16 characters. A file that its group or others may read is logged as a warning (the token is the only key)."""
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
+        mode = os.stat(path).st_mode
     except (OSError, UnicodeDecodeError) as error:
         raise click.UsageError(f"cannot read --token-file {path}: {error}") from None
     if not token:
         raise click.UsageError(f"--token-file {path} is empty")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise click.UsageError(
+            f"the token in --token-file {path} has {len(token)} characters: use at least {MIN_TOKEN_LENGTH} "
+            "(e.g. openssl rand -hex 32)"
+        )
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            f"the dashboard token file {path} is readable by its group or by others "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it",
+            extra={"path": path},
+        )
     return token
 
 
@@ -109,13 +130,20 @@ def run_dashboard(
     library_dir: str | None = None,
     listener: socket.socket | None = None,
     cluster_policies: ClusterOptions | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Serve the dashboard until interrupted. The store is opened on first use (a database that is still down
-    answers 503 until it is up). Raises click.UsageError for a non-loopback `host` without a `token`.
+    answers 503 until it is up). Raises click.UsageError for a non-loopback `host` without a `token`, or for only
+    one of `tls_cert` and `tls_key`.
 
     `listener`, when given, is an already bound socket to serve on (`celvern serve` binds it, so that it can log
     the port and fail early); `host` is then only checked. The policies come from `policy_paths` (reloaded when they
-    change) or, with `cluster_policies`, from the cluster."""
+    change) or, with `cluster_policies`, from the cluster. `tls_cert` and `tls_key` (PEM files) serve HTTPS, with a
+    Secure session cookie and HSTS; beyond loopback without them a warning is logged (plain HTTP is only right
+    behind a TLS-terminating proxy). Without a token, `allowed_hosts` are Host names accepted besides localhost,
+    127.0.0.1 and [::1]. Every parameter after `host` is optional, so older callers keep working unchanged."""
     import uvicorn
 
     from webhook.dashboard import create_dashboard_app
@@ -125,6 +153,15 @@ def run_dashboard(
     if not token and not is_loopback(host):
         raise click.UsageError(
             f"refusing to serve the dashboard on {host} without a token: pass --token-file, or listen on 127.0.0.1"
+        )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both, or neither")
+    https = tls_cert is not None
+    if not https and not is_loopback(host):
+        log.warning(
+            f"SERVING THE DASHBOARD ON {host} OVER PLAIN HTTP: its token and session cookie cross the network in "
+            "clear. Pass --tls-cert and --tls-key, unless a TLS-terminating proxy is the only way in.",
+            extra={"host": host},
         )
     source: DirectoryPolicySource | ClusterPolicySource | None = None
     cluster = None
@@ -144,7 +181,13 @@ def run_dashboard(
         source = DirectoryPolicySource(policy_paths, poll_interval=2.0)
     totals, names = load_library_catalogue(library_dir)
     app = create_dashboard_app(
-        lambda: open_store(store_url), LivePolicies(source), totals, token=token, library_names=names
+        lambda: open_store(store_url),
+        LivePolicies(source),
+        totals,
+        token=token,
+        library_names=names,
+        allowed_hosts=allowed_hosts,
+        https=https,
     )
     config = uvicorn.Config(
         app,
@@ -153,9 +196,11 @@ def run_dashboard(
         loop="uvloop",
         http="httptools",
         log_config=None,
-        access_log=False,  # /login?token=... must not end up in a log
+        access_log=False,  # the history's filters name users and namespaces; nothing of it belongs in a log
         proxy_headers=False,
         server_header=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     if source is not None:
         source.start()
@@ -190,7 +235,25 @@ def run_dashboard(
     "--token-file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="File holding the bearer token the dashboard requires (required off loopback).",
+    help="File holding the bearer token the dashboard requires (required off loopback; at least 16 characters; "
+    "keep it chmod 600).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM certificate to serve HTTPS with (with --tls-key). Off loopback, serve TLS this way unless a "
+    "TLS-terminating proxy is in front: plain HTTP is logged as a warning.",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM private key of --tls-cert."
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Without a token, a Host name to answer besides localhost, 127.0.0.1 and [::1] (repeatable); other Host "
+    "headers get 400 (DNS rebinding).",
 )
 @click.option(
     "--library",
@@ -210,9 +273,15 @@ def dashboard_command(
     host: str,
     port: int,
     token_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    allowed_hosts: tuple[str, ...],
     library_dir: str | None,
 ) -> None:
-    """Serve the governance dashboard (Overview, Policies, Violations) and its JSON API."""
+    """Serve the governance dashboard (Overview, Policies, Violations) and its JSON API.
+
+    Off loopback it needs --token-file, and should serve HTTPS with --tls-cert/--tls-key (or sit behind a
+    TLS-terminating proxy)."""
     if from_cluster and policy_paths:
         raise click.UsageError("give either --policies or --from-cluster")
     cluster = ClusterOptions(kubeconfig, kube_context, in_cluster) if from_cluster else None
@@ -229,4 +298,7 @@ def dashboard_command(
         token=token,
         library_dir=library_dir,
         cluster_policies=cluster,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allowed_hosts=list(allowed_hosts),
     )

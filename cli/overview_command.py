@@ -104,7 +104,8 @@ def render(target: Console, data: Mapping[str, Any]) -> None:
         target.print("Safe to enforce: no background scan recorded yet.\n")
     else:
         safe = _table(
-            f"Safe to enforce (no fail or error in the scan of {scan['time']})",
+            f"Safe to enforce (not in Deny, no fail or error in the scan of {scan['time']}, no admission "
+            "decision in 7 days)",
             "POLICY",
             "NOW",
             "SEVERITY",

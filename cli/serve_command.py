@@ -430,6 +430,11 @@ def _dashboard_main(options: ServeOptions, listener: socket.socket, token: str |
         ClusterOptions(options.kubeconfig, options.kube_context, options.in_cluster) if options.from_cluster else None
     )
     host = listener.getsockname()[0]
+    from cli.dashboard_command import is_loopback
+
+    # Off loopback the dashboard carries a bearer token: it is served over TLS with the webhook's own certificate
+    # (unless the webhook itself is --insecure-http).
+    exposed = not is_loopback(str(host))
     run_dashboard(
         options.history_url,
         options.policy_paths,
@@ -437,6 +442,8 @@ def _dashboard_main(options: ServeOptions, listener: socket.socket, token: str |
         token=token,
         listener=listener,
         cluster_policies=cluster,
+        tls_cert=options.cert_path if exposed else None,
+        tls_key=options.key_path if exposed else None,
     )
 
 

@@ -9,12 +9,22 @@ Security, because policy messages and resource names come from users' objects:
 - every value that reaches a page goes through `el`, which escapes text and attribute values; markup exists only
   as `Html`, which only `el` makes. No inline script or style, and a Content-Security-Policy of
   `default-src 'self'; script-src 'self'` on every answer, so even a missed escape could not run a script;
-- with a `token`, every route but `/healthz`, `/login` and `/static/*` needs `Authorization: Bearer <token>` or
-  the session cookie that `/login?token=...` sets (HttpOnly, SameSite=Strict, an HMAC of the token rather than the
-  token itself); comparisons are constant-time. The CLI refuses a non-loopback address without a token.
+- with a `token`, every route but `/healthz`, `/login`, `/logout` and `/static/*` needs `Authorization: Bearer
+  <token>` or the session cookie that `POST /login` (the token in a form body, never in a URL) sets. Those open
+  routes are simply not wrapped by the guard: nothing decides "public" from the request's URL, whose host part comes
+  from the Host header. The cookie holds an expiry and a nonce signed with a random key made at start (so it is not
+  derived from the token, dies with the process, expires after 12 hours, and `/logout` revokes it); it is HttpOnly,
+  SameSite=Strict, and Secure over TLS. Comparisons are constant-time. The CLI refuses a non-loopback address
+  without a token;
+- without a token (loopback only), a request must name the dashboard by a loopback Host (`localhost`, `127.0.0.1`,
+  `[::1]`, any port) or one of `allowed_hosts`, else 400: a web page that rebinds its own DNS name to 127.0.0.1
+  cannot read the history through the visitor's browser;
+- served over TLS (`https`), answers carry Strict-Transport-Security;
+- badge and card classes are picked from known values only, never made of stored text.
 
 Store calls block (SQLite, psycopg): they run in the thread pool. A store that fails answers 503 (JSON for the
-API, a message for pages), never a traceback; a store given as a factory is opened on first use and retried after
+API, a message for pages), any other exception a plain 500 that still carries the security headers, never a
+traceback; bad query parameters answer 400. A store given as a factory is opened on first use and retried after
 a failure, so the dashboard starts while its database is still down.
 """
 
@@ -25,12 +35,14 @@ import hashlib
 import hmac
 import html
 import logging
+import os
+import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Final, TypeAlias, TypeVar, cast
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import orjson
 from starlette.applications import Starlette
@@ -39,7 +51,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,9 +73,14 @@ CONTENT_SECURITY_POLICY: Final = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-_OPEN_PATHS: Final = ("/healthz", "/login", "/static/")
-"""What needs no token: the probe, the login page and the (public) stylesheet and script."""
-_SESSION_CONTEXT: Final = b"celvern-dashboard-session-v1"
+STRICT_TRANSPORT_SECURITY: Final = "max-age=31536000"
+"""Sent over TLS only; no includeSubDomains: the dashboard's host may serve other things."""
+SESSION_LIFETIME: Final = datetime.timedelta(hours=12)
+"""How long a session cookie is valid after `POST /login` (Max-Age and the signed expiry)."""
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+"""The Host names accepted without a token (any port), besides `allowed_hosts`."""
+_LOGIN_BODY_LIMIT: Final = 4096
+"""Bytes of a `POST /login` form body read at most."""
 _MESSAGE_PREVIEW: Final = 300
 """Characters of a message shown in a table cell; the whole message is in the cell's title."""
 
@@ -187,7 +204,10 @@ _NAV: Final = (
 )
 
 
-def _page(title: str, current: str, body: Node, *, status: int = 200, generated: str = "") -> Response:
+def _page(
+    title: str, current: str, body: Node, *, status: int = 200, generated: str = "", logout: bool = False
+) -> Response:
+    """A whole page; `logout` adds a "Sign out" link to the header (when the dashboard has a token)."""
     nav = el(
         "nav",
         [
@@ -201,6 +221,7 @@ def _page(title: str, current: str, body: Node, *, status: int = 200, generated:
         el("span", "policy governance", class_="subtitle"),
         nav,
         el("span", f"as of {generated.replace('T', ' ')}" if generated else "", class_="generated"),
+        el("a", "Sign out", href="/logout", class_="logout", data_testid="logout") if logout else None,
         class_="top",
     )
     document = el(
@@ -223,10 +244,25 @@ def _notice(message: str, testid: str = "error") -> Html:
     return el("div", message, class_="notice error", role="alert", data_testid=testid)
 
 
+_SEVERITIES: Final = frozenset({"critical", "high", "medium", "low", "info"})
+_KNOWN: Final = {
+    "severity": _SEVERITIES,
+    "level": _SEVERITIES,
+    "action": frozenset({"deny", "warn", "audit"}),
+}
+"""The values that have their own style; anything else (stored text, from users' annotations) gets `-other`."""
+
+
+def _style(value: str, family: str) -> str:
+    """`family-value` for a known value (case-insensitive), else `family-other`: a class is never stored text."""
+    known = value.strip().lower()
+    return f"{family}-{known}" if known in _KNOWN.get(family, ()) else f"{family}-other"
+
+
 def _badge(value: str, family: str) -> Html:
     if not value:
         return el("span", "—", class_="muted")
-    return el("span", value, class_=f"badge {family}-{value.lower()}")
+    return el("span", value, class_=f"badge {_style(value, family)}")
 
 
 def _link(path: str, params: Mapping[str, str | int]) -> str:
@@ -352,7 +388,7 @@ def _severity_cards(rows: Sequence[Mapping[str, Any]]) -> Html:
                     "progress", value=min(row["enabled"], row["total"]) if row["total"] else 0, max=max(row["total"], 1)
                 ),
                 el("div", "enabled of the library's policies", class_="caption"),
-                class_=f"card severity-card level-{severity}",
+                class_=f"card severity-card {_style(severity, 'level')}",
                 data_testid=f"severity-{severity}",
             )
         )
@@ -467,9 +503,30 @@ def _overview_body(data: Mapping[str, Any]) -> Html:
         )
     else:
         safe = el(
-            "p", "No Audit/Warn policy passed the last scan without failures.", class_="muted", data_testid="safe-empty"
+            "p",
+            "No Audit/Warn policy passed the last scan without failures and stayed quiet at admission.",
+            class_="muted",
+            data_testid="safe-empty",
         )
     recent = data["recent"]
+    scan = data["lastScan"]
+    as_of = (
+        el(
+            "p",
+            "As of the scan of ",
+            el("time", str(scan["time"]).replace("T", " "), datetime=scan["time"]),
+            f" ({_ago(int(scan.get('ageSeconds', 0)))}).",
+            class_="caption",
+            data_testid="safe-as-of",
+        )
+        if scan is not None
+        else None
+    )
+    shown = (
+        el("span", f"latest {len(recent)} shown", class_="muted", data_testid="recent-shown")
+        if data["recentTotal"] > len(recent)
+        else None
+    )
     return el(
         "div",
         el("section", el("h2", "Policies by severity"), _severity_cards(data["policies"]["bySeverity"])),
@@ -480,7 +537,13 @@ def _overview_body(data: Mapping[str, Any]) -> Html:
             el(
                 "section",
                 el("h2", "Safe to enforce"),
-                el("p", "In Audit or Warn mode, and no fail or error in the last background scan.", class_="caption"),
+                el(
+                    "p",
+                    "In Audit or Warn mode, no fail or error in the last background scan, and no admission request "
+                    "warned, audited or denied in the last 7 days.",
+                    class_="caption",
+                ),
+                as_of,
                 safe,
                 class_="panel",
             ),
@@ -491,7 +554,8 @@ def _overview_body(data: Mapping[str, Any]) -> Html:
             el(
                 "h2",
                 "Recent violations ",
-                el("span", len(recent), class_="count", data_testid="recent-count"),
+                el("span", data["recentTotal"], class_="count", data_testid="recent-count"),
+                shown,
                 el("a", "all violations →", href="/violations", class_="more"),
             ),
             _decision_rows(recent, "recent-row")
@@ -663,27 +727,27 @@ def _violations_form(params: Mapping[str, str]) -> Html:
 
 def _violations_body(data: Mapping[str, Any], params: Mapping[str, str]) -> Html:
     items = data["items"]
-    first = data["offset"] + 1 if items else 0
-    last = data["offset"] + len(items)
+    offset, limit, total = data["offset"], data["limit"], data["total"]
     keep = {key: value for key, value in params.items() if key != "offset"}
-    previous_offset = max(data["offset"] - data["limit"], 0)
+    past_the_end = not items and offset > 0
     pager = el(
         "div",
         el(
             "span",
-            el("span", f"{first}–{last}", data_testid="violations-range"),
+            el("span", f"{offset + 1}–{offset + len(items)}" if items else "0", data_testid="violations-range"),
             " of ",
-            el("span", data["total"], data_testid="violations-total"),
+            el("span", total, data_testid="violations-total"),
             class_="muted",
         ),
+        el("a", "← First page", href=_link("/violations", keep), data_testid="first-page") if past_the_end else None,
         el(
             "a",
             "← Previous",
-            href=_link("/violations", {**keep, "offset": previous_offset}),
+            href=_link("/violations", {**keep, "offset": max(offset - limit, 0)}),
             rel="prev",
             data_testid="previous-page",
         )
-        if data["offset"] > 0
+        if offset > 0 and not past_the_end
         else None,
         el(
             "a",
@@ -704,36 +768,183 @@ def _violations_body(data: Mapping[str, Any], params: Mapping[str, str]) -> Html
     return el("div", _violations_form(params), pager, table, pager)
 
 
+def _ago(seconds: int) -> str:
+    """`12 minutes ago`, `3 hours ago`, `2 days ago` (rounded down)."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"
+
+
 # --- auth and headers ---------------------------------------------------------------------------------------
 
 
-def _session(token: str) -> str:
-    return hmac.new(token.encode(), _SESSION_CONTEXT, hashlib.sha256).hexdigest()
+class _Sessions:
+    """Session cookies: `expires.nonce.mac`, the MAC an HMAC-SHA256 under a key drawn at start. A cookie is valid
+    until its expiry, unless `/logout` revoked its nonce; a restart invalidates them all. Nothing about the token is
+    in it, so a cookie is worth nothing once the process is gone."""
+
+    def __init__(self, clock: Clock, lifetime: datetime.timedelta = SESSION_LIFETIME) -> None:
+        self._key = os.urandom(32)
+        self._clock = clock
+        self.lifetime = lifetime
+        self._lock = threading.Lock()
+        self._revoked: dict[str, int] = {}
+
+    def _now(self) -> int:
+        return int(self._clock().timestamp())
+
+    def _mac(self, payload: str) -> str:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self) -> str:
+        payload = f"{self._now() + int(self.lifetime.total_seconds())}.{secrets.token_urlsafe(16)}"
+        return f"{payload}.{self._mac(payload)}"
+
+    def _check(self, cookie: str) -> tuple[str, int] | None:
+        """(nonce, expiry) of a genuine, unexpired cookie, else None."""
+        expires, _, rest = cookie.partition(".")
+        nonce, _, mac = rest.partition(".")
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and nonce and mac):
+            return None
+        if not hmac.compare_digest(mac.encode(), self._mac(f"{expires}.{nonce}").encode()):
+            return None
+        if int(expires) <= self._now():
+            return None
+        return nonce, int(expires)
+
+    def valid(self, cookie: str) -> bool:
+        checked = self._check(cookie)
+        if checked is None:
+            return False
+        with self._lock:
+            return checked[0] not in self._revoked
+
+    def revoke(self, cookie: str) -> None:
+        checked = self._check(cookie)
+        if checked is None:
+            return
+        now = self._now()
+        with self._lock:
+            for nonce in [nonce for nonce, expires in self._revoked.items() if expires <= now]:
+                del self._revoked[nonce]
+            self._revoked[checked[0]] = checked[1]
 
 
-class _SecurityHeaders:
-    """Adds the CSP and friends to every answer, errors included."""
+def host_name(value: str) -> str | None:
+    """The host of a Host header, lower case, without the port (`[::1]` keeps its brackets); None when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[: end + 1], value[end + 1 :]
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit() and len(rest) <= 6):
+        return None
+    return name or None
 
-    def __init__(self, app: ASGIApp) -> None:
+
+def _normalise_host(host: str) -> str:
+    """An `allowed_hosts` entry as `host_name` gives it: lower case, an IPv6 address in brackets, no port."""
+    host = host.strip().lower()
+    if ":" in host and not host.startswith("["):
+        if host.count(":") > 1:  # a bare IPv6 address
+            return f"[{host}]"
+        host = host.partition(":")[0]
+    return host_name(host) or host
+
+
+def _security_headers(headers: MutableHeaders, *, tls: bool) -> None:
+    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["X-Frame-Options"] = "DENY"
+    if tls:
+        headers["Strict-Transport-Security"] = STRICT_TRANSPORT_SECURITY
+    if "cache-control" not in headers:
+        headers["Cache-Control"] = "no-store"
+
+
+def _internal_error(path: str) -> Response:
+    if path.startswith("/api/"):
+        return _api_error(500, "internal error")
+    return _page("Error", "", _notice("Internal error: the dashboard logged the details."), status=500)
+
+
+class _Frontline:
+    """The outermost layer of the app (inside Starlette's own error middleware, which it never lets an exception
+    reach before the answer started):
+
+    - the CSP and friends on every answer, errors included (HSTS over TLS);
+    - with `allowed_hosts`, a Host header naming anything else is refused with 400 (`/healthz` excepted: a probe
+      may name the pod's address, and "ok" is no secret);
+    - an unexpected exception becomes a plain 500 (JSON under `/api/`), logged here, never a traceback."""
+
+    def __init__(self, app: ASGIApp, *, https: bool = False, allowed_hosts: frozenset[str] | None = None) -> None:
         self.app = app
+        self.https = https
+        self.allowed_hosts = allowed_hosts
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        if self.allowed_hosts is None or scope["path"] == "/healthz":
+            return True
+        for key, value in scope["headers"]:
+            if key == b"host":
+                return host_name(value.decode("latin-1")) in self.allowed_hosts
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        tls = self.https or scope.get("scheme") == "https"
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "no-referrer"
-                headers["X-Frame-Options"] = "DENY"
-                if "cache-control" not in headers:
-                    headers["Cache-Control"] = "no-store"
+                started = True
+                _security_headers(MutableHeaders(scope=message), tls=tls)
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        if not self._host_allowed(scope):
+            response: Response = PlainTextResponse(
+                "Invalid Host header: without a token this dashboard answers only to localhost, 127.0.0.1 and [::1] "
+                "(add a name with celvern dashboard --allowed-host NAME).",
+                status_code=400,
+            )
+            await response(scope, receive, send_with_headers)
+            return
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:
+                raise
+            log.exception("dashboard request failed", extra={"path": scope["path"]})
+            await _internal_error(scope["path"])(scope, receive, send_with_headers)
+
+
+class _BadForm(Exception):
+    """A `POST /login` body that is not a small urlencoded form."""
+
+
+async def _read_form(request: Request) -> dict[str, list[str]]:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise _BadForm("expected a form (application/x-www-form-urlencoded)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOGIN_BODY_LIMIT:
+            raise _BadForm("the form is too large")
+    try:
+        return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise _BadForm("the form does not parse") from None
 
 
 # --- the app ------------------------------------------------------------------------------------------------
@@ -750,26 +961,33 @@ class _Dashboard:
         token: str | None,
         clock: Clock,
         library_names: Collection[str] | None = None,
+        https: bool = False,
     ) -> None:
         self.store = _StoreHandle(store)
         self.policies = policies_provider
         self.library_totals = dict(library_totals)
         self.library_names = frozenset(library_names) if library_names is not None else None
         self.token = token or None
-        self.session = _session(token) if token else ""
+        self.sessions = _Sessions(clock)
         self.clock = clock
+        self.https = https
+
+    def page(self, title: str, current: str, body: Node, *, status: int = 200, generated: str = "") -> Response:
+        return _page(title, current, body, status=status, generated=generated, logout=self.token is not None)
 
     # auth
 
     def authorized(self, request: Request) -> bool:
-        if self.token is None or request.url.path.startswith(_OPEN_PATHS):
+        """Whether a request to a guarded route may pass: always without a token, else with the bearer token or a
+        valid session cookie. Only guarded routes ask; what is open is decided by the routing, not here."""
+        if self.token is None:
             return True
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token.encode()):
             return True
         cookie = request.cookies.get(COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session.encode())
+        return bool(cookie) and self.sessions.valid(cookie)
 
     def guard(self, endpoint: _Endpoint, *, api: bool) -> _Endpoint:
         async def guarded(request: Request) -> Response:
@@ -783,7 +1001,10 @@ class _Dashboard:
 
         return guarded
 
-    def login_page(self, *, status: int = 200, wrong: bool = False) -> Response:
+    def _secure(self, request: Request) -> bool:
+        return self.https or request.scope.get("scheme") == "https"
+
+    def login_page(self, *, status: int = 200, error: str = "") -> Response:
         form = el(
             "form",
             el(
@@ -798,14 +1019,14 @@ class _Dashboard:
                     data_testid="token",
                 ),
             ),
-            el("button", "Sign in", type="submit"),
-            method="get",
+            el("button", "Sign in", type="submit", data_testid="sign-in"),
+            method="post",
             action="/login",
             class_="login",
         )
         body = el(
             "div",
-            _notice("That token is not valid.", "login-error") if wrong else None,
+            _notice(error, "login-error") if error else None,
             el("p", "This dashboard needs the token it was started with (celvern dashboard --token-file)."),
             form,
         )
@@ -814,20 +1035,35 @@ class _Dashboard:
     async def login(self, request: Request) -> Response:
         if self.token is None:
             return RedirectResponse("/", status_code=303)
-        given = request.query_params.get("token")
-        if given is None:
+        if request.method != "POST":
+            if "token" in request.query_params:  # a token in a URL lands in histories and logs: not accepted
+                return self.login_page(status=400, error="Send the token with the form below, not in the URL.")
             return self.login_page()
+        try:
+            given = (await _read_form(request)).get("token", [""])[0]
+        except _BadForm as error:
+            return self.login_page(status=400, error=f"That sign-in did not work: {error}.")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
-            return self.login_page(status=401, wrong=True)
+            return self.login_page(status=401, error="That token is not valid.")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            COOKIE, self.session, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+            COOKIE,
+            self.sessions.issue(),
+            max_age=int(self.sessions.lifetime.total_seconds()),
+            httponly=True,
+            samesite="strict",
+            secure=self._secure(request),
+            path="/",
         )
         return response
 
     async def logout(self, request: Request) -> Response:
+        """Revokes the session (if any) and clears the cookie; open to everyone, so a stale session can leave too."""
+        cookie = request.cookies.get(COOKIE, "")
+        if cookie:
+            self.sessions.revoke(cookie)
         response = RedirectResponse("/login" if self.token else "/", status_code=303)
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=self._secure(request))
         return response
 
     # data
@@ -895,22 +1131,22 @@ class _Dashboard:
         try:
             data = await self.overview_data()
         except StoreUnavailable as error:
-            return _page("Overview", "overview", _notice(str(error), "store-error"), status=503)
-        return _page("Overview", "overview", _overview_body(data), generated=data["generatedAt"])
+            return self.page("Overview", "overview", _notice(str(error), "store-error"), status=503)
+        return self.page("Overview", "overview", _overview_body(data), generated=data["generatedAt"])
 
     async def page_policies(self, request: Request) -> Response:
         params = dict(request.query_params)
         try:
             rows = await self.policies_data()
         except StoreUnavailable as error:
-            return _page("Policies", "policies", _notice(str(error), "store-error"), status=503)
+            return self.page("Policies", "policies", _notice(str(error), "store-error"), status=503)
         shown = filter_policies(
             rows,
             severity=params.get("severity", ""),
             category=params.get("category", ""),
             action=params.get("action", ""),
         )
-        return _page("Policies", "policies", _policies_body(rows, shown, params))
+        return self.page("Policies", "policies", _policies_body(rows, shown, params))
 
     async def page_violations(self, request: Request) -> Response:
         params = dict(request.query_params)
@@ -918,12 +1154,12 @@ class _Dashboard:
             query = parse_violation_query(params, self.clock())
         except QueryError as error:
             body = el("div", _violations_form(params), _notice(str(error), "query-error"))
-            return _page("Violations", "violations", body, status=400)
+            return self.page("Violations", "violations", body, status=400)
         try:
             data = await self.violations_data(query)
         except StoreUnavailable as error:
-            return _page("Violations", "violations", _notice(str(error), "store-error"), status=503)
-        return _page("Violations", "violations", _violations_body(data, params))
+            return self.page("Violations", "violations", _notice(str(error), "store-error"), status=503)
+        return self.page("Violations", "violations", _violations_body(data, params))
 
     async def healthz(self, request: Request) -> Response:
         return Response("ok", media_type="text/plain")
@@ -940,9 +1176,9 @@ class _Dashboard:
     async def not_found(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = exc.detail if isinstance(exc, HTTPException) else "internal error"
-        if request.url.path.startswith("/api/"):
+        if request.scope["path"].startswith("/api/"):
             return _api_error(status, str(message))
-        return _page("Not found" if status == 404 else "Error", "", _notice(str(message)), status=status)
+        return self.page("Not found" if status == 404 else "Error", "", _notice(str(message)), status=status)
 
 
 def create_dashboard_app(
@@ -953,6 +1189,8 @@ def create_dashboard_app(
     token: str | None = None,
     clock: Clock = _utcnow,
     library_names: Collection[str] | None = None,
+    allowed_hosts: Iterable[str] = (),
+    https: bool = False,
 ) -> Starlette:
     """The dashboard as an ASGI app.
 
@@ -960,8 +1198,12 @@ def create_dashboard_app(
     `policies_provider` returns the loaded policies (called per request, so a hot-reloading caller can swap them);
     `library_totals` maps severity to the library's number of policies and `library_names` names them (so that
     "enabled" counts library policies that are on, not every loaded policy); `token`, when set, is required on every
-    route but `/healthz`, `/login` and `/static/*`; `clock` gives the current time (UTC), for reproducible tests."""
-    dashboard = _Dashboard(store, policies_provider, library_totals, token, clock, library_names)
+    route but `/healthz`, `/login`, `/logout` and `/static/*`; without a token, only requests whose Host is
+    `localhost`, `127.0.0.1`, `[::1]` or one of `allowed_hosts` (names or addresses, any port) are answered (DNS
+    rebinding); `https` says the app is served over TLS (Secure cookie, HSTS; an https scope counts too); `clock`
+    gives the current time (UTC), for reproducible tests and session expiry."""
+    dashboard = _Dashboard(store, policies_provider, library_totals, token, clock, library_names, https)
+    hosts = None if token else LOOPBACK_HOSTS | {_normalise_host(host) for host in allowed_hosts if host.strip()}
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -971,21 +1213,21 @@ def create_dashboard_app(
     def route(path: str, endpoint: _Endpoint, *, api: bool = False) -> Route:
         return Route(path, dashboard.guard(endpoint, api=api), methods=["GET", "HEAD"])
 
-    routes = [
+    routes = [  # the open routes are the ones not wrapped by `route` (the guard)
         route("/", dashboard.page_overview),
         route("/policies", dashboard.page_policies),
         route("/violations", dashboard.page_violations),
         route("/api/v1/overview", dashboard.api_overview, api=True),
         route("/api/v1/violations", dashboard.api_violations, api=True),
         route("/api/v1/policies", dashboard.api_policies, api=True),
-        Route("/login", dashboard.login, methods=["GET", "HEAD"]),
-        route("/logout", dashboard.logout),
+        Route("/login", dashboard.login, methods=["GET", "HEAD", "POST"]),
+        Route("/logout", dashboard.logout, methods=["GET", "POST"]),
         Route("/healthz", dashboard.healthz, methods=["GET", "HEAD"]),
         Route("/static/{name}", dashboard.static, methods=["GET", "HEAD"]),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[Middleware(_Frontline, https=https, allowed_hosts=hosts)],
         exception_handlers={HTTPException: dashboard.not_found},
         lifespan=lifespan,
     )

@@ -3,7 +3,8 @@
 Why it exists: a security team asks four questions of a policy engine, the way a cloud console's governance page
 answers them: which policies are on (by severity, against the library's total), what did they block or only flag
 over the last 7 days, which policies are violated most and by what, and which audit-only policies could be switched
-to Deny without breaking anything (zero failures in the last background scan). The answers come from the decision
+to Deny without breaking anything (no fail or error in the last background scan and no admission request flagged in
+the last 7 days). The answers come from the decision
 history (`webhook.history.DecisionStore`) and the loaded policies; this module turns them into JSON-ready dicts so
 the HTTP front (`webhook.dashboard`) and the terminal (`cli/overview_command.py`) print the same numbers.
 
@@ -256,9 +257,12 @@ def overview(
       background-scan failures (`scanFailures`) apart; `totals` sums them;
     - `topViolated`: the 10 policies with the most recorded decisions (admission and scans) in the window;
     - `recent`: the 100 most recent decisions in the window, newest first;
-    - `lastScan`: the latest scan's time and result counts, or null when no scan was recorded;
-    - `safeToEnforce`: loaded validating policies not in Deny mode with no fail and no error in the last scan
-      (empty when there was no scan: no evidence is not evidence of safety).
+    - `lastScan`: the latest scan's time, its age in seconds at `now` (`ageSeconds`, so that a page can say how old
+      the evidence is) and its result counts, or null when no scan was recorded;
+    - `safeToEnforce`: loaded validating policies not in Deny mode with no fail and no error in the last scan and
+      no admission decision (warn, audit, or deny from an earlier Deny mode) in the 7-day window: a policy that
+      flagged live requests this week would have blocked them. Empty when there was no scan: no evidence is not
+      evidence of safety. The verdict is as of `lastScan.time`.
     """
     start = window_start(now)
     until = start + datetime.timedelta(days=WINDOW_DAYS)
@@ -285,6 +289,11 @@ def overview(
     top = store.policy_counts(start, limit=TOP_VIOLATED)
     recent = store.violations(ViolationQuery(since=start, limit=RECENT))
     scan = store.last_scan()
+    flagged = (
+        {count.policy: count.total for count in store.policy_counts(start, source="admission", labels=False)}
+        if scan is not None
+        else {}
+    )
     return {
         "generatedAt": _time(now),
         "window": {"since": _time(start), "until": _time(until), "days": WINDOW_DAYS},
@@ -312,12 +321,21 @@ def overview(
         ],
         "recent": [decision_json(decision) for decision in recent.items],
         "recentTotal": recent.total,
-        "lastScan": _scan_json(scan) if scan is not None else None,
-        "safeToEnforce": _safe_to_enforce(policies, scan),
+        "lastScan": {**_scan_json(scan), "ageSeconds": _age(scan.time, now)} if scan is not None else None,
+        "safeToEnforce": _safe_to_enforce(policies, scan, flagged),
     }
 
 
-def _safe_to_enforce(policies: Iterable[PolicyInfo], scan: ScanSummary | None) -> list[dict[str, Any]]:
+def _age(then: datetime.datetime, now: datetime.datetime) -> int:
+    """Whole seconds from `then` to `now`, never negative (a scan stamped by a clock slightly ahead is "now")."""
+    return max(int((now - then).total_seconds()), 0)
+
+
+def _safe_to_enforce(
+    policies: Iterable[PolicyInfo], scan: ScanSummary | None, admission: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """Validating policies not in Deny mode that the last scan covered without a fail or an error and that
+    recorded no admission decision (`admission`: policy -> decisions in the window) this week."""
     if scan is None:
         return []
     results = {entry.policy: entry for entry in scan.policies}
@@ -325,6 +343,8 @@ def _safe_to_enforce(policies: Iterable[PolicyInfo], scan: ScanSummary | None) -
     for policy in policies:
         entry = results.get(policy.key)
         if not policy.validating or policy.enforcing or entry is None or entry.failed or entry.errored:
+            continue
+        if admission.get(policy.key, 0) > 0:
             continue
         safe.append(
             {
@@ -401,8 +421,13 @@ class QueryError(ValueError):
     """A query parameter that does not parse; the message is what the 400 answer says."""
 
 
-_DURATION: Final = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION: Final = re.compile(
+    r"(?:(\d{1,12})w)?(?:(\d{1,12})d)?(?:(\d{1,12})h)?(?:(\d{1,12})m)?(?:(\d{1,12})s)?", re.ASCII
+)
+"""At most 12 digits a unit: `int()` of thousands of digits is refused (and slow), and 12 is already too long."""
 _MAX_DURATION: Final = datetime.timedelta(days=3660)
+MAX_OFFSET: Final = 10_000_000
+"""The largest `offset` accepted: beyond it SQLite's integers overflow, and no history holds that many rows."""
 
 
 def parse_duration(text: str) -> datetime.timedelta | None:
@@ -413,8 +438,8 @@ def parse_duration(text: str) -> datetime.timedelta | None:
     weeks, days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
     try:
         return datetime.timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
-    except OverflowError:
-        return None
+    except OverflowError:  # a duration after all, just longer than any timedelta: "too long" for parse_time
+        return datetime.timedelta.max
 
 
 def parse_time(text: str, now: datetime.datetime, parameter: str = "since") -> datetime.datetime:
@@ -423,7 +448,7 @@ def parse_time(text: str, now: datetime.datetime, parameter: str = "since") -> d
     duration = parse_duration(value)
     if duration is not None:
         if duration > _MAX_DURATION:
-            raise QueryError(f"{parameter}: duration {text!r} is too long (at most {_MAX_DURATION.days}d)")
+            raise QueryError(f"{parameter}: duration {_abbreviate(text)!r} is too long (at most {_MAX_DURATION.days}d)")
         return now - duration
     # a `+` of an offset arrives as a space when the query string was not percent-encoded
     candidate = value.replace(" ", "+") if "T" in value else value
@@ -433,24 +458,40 @@ def parse_time(text: str, now: datetime.datetime, parameter: str = "since") -> d
         parsed = None
     if parsed is None or "T" not in candidate.upper():
         raise QueryError(
-            f"{parameter}: expected an RFC 3339 time (2024-05-01T12:00:00Z) or a duration (30m, 24h, 7d), got {text!r}"
+            f"{parameter}: expected an RFC 3339 time (2024-05-01T12:00:00Z) or a duration (30m, 24h, 7d), "
+            f"got {_abbreviate(text)!r}"
         )
     if parsed.tzinfo is None:
-        raise QueryError(f"{parameter}: {text!r} has no time zone (add Z or an offset like +02:00)")
-    return parsed.astimezone(datetime.UTC)
+        raise QueryError(f"{parameter}: {_abbreviate(text)!r} has no time zone (add Z or an offset like +02:00)")
+    try:  # 0001-01-01T00:00:00+05:00 is before year 1 in UTC, 9999-12-31T23:59:59-05:00 after year 9999
+        return parsed.astimezone(datetime.UTC)
+    except OverflowError:
+        raise QueryError(f"{parameter}: {_abbreviate(text)!r} is out of range (years 1 to 9999 in UTC)") from None
 
 
-def _integer(params: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _integer(params: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     text = params.get(name, "").strip()
     if not text:
         return default
-    try:
+    if not re.fullmatch(r"[+-]?\d+", text, re.ASCII):  # no `1_000`, no Unicode digits
+        raise QueryError(f"{name}: expected an integer, got {_abbreviate(text)!r}")
+    negative = text.startswith("-")
+    if len(text.lstrip("+-").lstrip("0")) > _INTEGER_DIGITS:  # beyond every bound; int() of 5000 digits raises
+        value = -(10**_INTEGER_DIGITS) if negative else 10**_INTEGER_DIGITS
+    else:
         value = int(text)
-    except ValueError:
-        raise QueryError(f"{name}: expected an integer, got {text!r}") from None
     if value < minimum:
-        raise QueryError(f"{name}: must be at least {minimum}, got {value}")
+        raise QueryError(f"{name}: must be at least {minimum}, got {_abbreviate(text)}")
+    if maximum is not None and value > maximum:
+        raise QueryError(f"{name}: must be at most {maximum}, got {_abbreviate(text)}")
     return value
+
+
+_INTEGER_DIGITS: Final = 18
+
+
+def _abbreviate(text: str, length: int = 40) -> str:
+    return text if len(text) <= length else text[:length] + "…"
 
 
 def _choice(params: Mapping[str, str], name: str, allowed: Sequence[str]) -> str:
@@ -462,7 +503,8 @@ def _choice(params: Mapping[str, str], name: str, allowed: Sequence[str]) -> str
 
 def parse_violation_query(params: Mapping[str, str], now: datetime.datetime) -> ViolationQuery:
     """`policy`, `namespace`, `action` (deny|warn|audit), `source` (admission|scan), `since` and `until` (RFC 3339
-    or a duration before `now`), `limit` (1..500; larger is cut to 500) and `offset` into a ViolationQuery.
+    or a duration before `now`), `limit` (1..500; larger is cut to 500) and `offset` (0..10,000,000) into a
+    ViolationQuery.
     Raises QueryError with a message fit for a 400 answer."""
     since_text = params.get("since", "").strip()
     until_text = params.get("until", "").strip()
@@ -478,5 +520,5 @@ def parse_violation_query(params: Mapping[str, str], now: datetime.datetime) -> 
         since=since,
         until=until,
         limit=min(_integer(params, "limit", DEFAULT_LIMIT, 1), MAX_LIMIT),
-        offset=_integer(params, "offset", 0, 0),
+        offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
     )

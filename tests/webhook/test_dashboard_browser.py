@@ -14,6 +14,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from tests.webhook.test_dashboard import (
     EXPECTED_RECENT,
     EXPECTED_SAFE,
     EXPECTED_TOP,
+    TOKEN,
     make_app,
     make_store,
 )
@@ -37,6 +39,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
 
 
 def _missing_browser() -> str | None:
@@ -72,11 +75,11 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    store = make_store(tmp_path_factory.mktemp("history"))
+@contextmanager
+def _serve(app: Starlette) -> Iterator[str]:
+    """`app` under uvicorn on a free loopback port, as its base URL."""
     port = _free_port()
-    config = uvicorn.Config(make_app(store), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
     thread.start()
@@ -92,6 +95,26 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    store = make_store(tmp_path_factory.mktemp("history"))
+    try:
+        with _serve(make_app(store)) as url:
+            yield url
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def token_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same dashboard with a token: pages need the session cookie of the login form."""
+    store = make_store(tmp_path_factory.mktemp("history"))
+    try:
+        with _serve(make_app(store, token=TOKEN)) as url:
+            yield url
+    finally:
         store.close()
 
 
@@ -189,3 +212,25 @@ def test_violations_page_shows_a_bad_since(browser: WebDriver, base_url: str) ->
     _one(browser, "search").click()
     WebDriverWait(browser, 5).until(lambda _: browser.find_elements(By.CSS_SELECTOR, '[data-testid="query-error"]'))
     assert "since: expected an RFC 3339 time" in _one(browser, "query-error").text
+
+
+def test_sign_in_with_the_form_and_sign_out(browser: WebDriver, token_url: str, screenshots: Path) -> None:
+    """The login form POSTs the token (it never appears in the URL); "Sign out" ends the session."""
+    browser.delete_all_cookies()
+    _open(browser, f"{token_url}/")
+    assert browser.title == "Sign in · celvern"
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="logout"]')
+    _one(browser, "token").send_keys("not-the-token-at-all")
+    _one(browser, "sign-in").click()
+    WebDriverWait(browser, 5).until(lambda _: browser.find_elements(By.CSS_SELECTOR, '[data-testid="login-error"]'))
+    assert "token" not in browser.current_url.split("/login")[-1]
+    _one(browser, "token").send_keys(TOKEN)
+    _one(browser, "sign-in").click()
+    WebDriverWait(browser, 5).until(lambda _: browser.title == "Overview · celvern")
+    assert TOKEN not in browser.current_url
+    assert _one(browser, "recent-count").text == str(EXPECTED_RECENT)
+    browser.save_screenshot(str(screenshots / "dashboard-signed-in.png"))
+    _one(browser, "logout").click()
+    WebDriverWait(browser, 5).until(lambda _: browser.title == "Sign in · celvern")
+    _open(browser, f"{token_url}/violations")
+    assert browser.title == "Sign in · celvern"
