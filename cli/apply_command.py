@@ -17,9 +17,10 @@ from pathlib import Path
 
 import click
 
+from cli import parallel
 from cli.inputs import ClusterContext, RequestUser, Values, load_context, load_user_info, load_values
 from cli.output import apply_table, apply_text, console, documents_text, error_text, write_outputs
-from cli.parallel import ParallelEvaluation, worker_count
+from cli.parallel import ParallelEvaluation, chunk_size, worker_count
 from cli.suite import (
     ApplyOutcome,
     RunInputs,
@@ -45,10 +46,14 @@ PROGRESS_THRESHOLD = 200
 _OPERATIONS = click.Choice(["CREATE", "UPDATE", "DELETE"], case_sensitive=False)
 
 
+def _progress_shown(total: int) -> bool:
+    return total > PROGRESS_THRESHOLD and sys.stderr.isatty()
+
+
 def _with_progress(
     evaluations: Iterator[tuple[Subject, list[PolicyResponse]]], total: int
 ) -> Iterable[tuple[Subject, list[PolicyResponse]]]:
-    if total <= PROGRESS_THRESHOLD or not sys.stderr.isatty():
+    if not _progress_shown(total):
         return evaluations
     from rich.progress import track
 
@@ -188,11 +193,27 @@ def apply_command(
 
     outcome = ApplyOutcome()
     chosen = (operation.upper() if operation else None) or values.operation or CREATE
-    workers = worker_count(concurrency, len(inputs.subjects))
+    total = len(inputs.subjects)
+    workers = worker_count(concurrency, total)
+    # cel-expr-python keeps what Python-implemented CEL functions receive and return, so a long run grows: without a
+    # progress bar (whose thread would make forking again unsafe), evaluators are recycled every few hundred
+    # subjects, and a long sequential run evaluates in one recycled forked worker.
+    recycle = not _progress_shown(total) and parallel.fork_available()
+    if workers == 1 and recycle and total >= parallel.RECYCLE_MIN_SUBJECTS:
+        workers = -1  # one forked, recycled worker
     with ExitStack() as stack:
-        if workers > 1:  # workers fork here, after compilation and before the progress bar starts its thread
+        if workers != 1:  # workers fork here, after compilation and before the progress bar starts its thread
+            count = max(workers, 1)
+            size = chunk_size(total, count)
             evaluations: Iterable[tuple[Subject, list[PolicyResponse]]] = stack.enter_context(
-                ParallelEvaluation(inputs, chosen, unmatched=False, workers=workers)
+                ParallelEvaluation(
+                    inputs,
+                    chosen,
+                    unmatched=False,
+                    workers=count,
+                    size=size,
+                    recycle_after=max(1, parallel.RECYCLE_AFTER_SUBJECTS // size) if recycle else 0,
+                )
             )
         else:
             # The compiled policies and loaded documents live until the end: out of the collector's way, so that

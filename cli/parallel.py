@@ -52,6 +52,13 @@ together."""
 MAX_CHUNK_SIZE = 64
 """Subjects per message at most: bounds what a worker holds ahead of the parent."""
 
+RECYCLE_AFTER_SUBJECTS = 128
+"""Subjects a worker evaluates before a fresh one takes over (when recycling): bounds what cel-expr-python's
+leak accumulates in one process to a few tens of MiB with the whole library."""
+
+RECYCLE_MIN_SUBJECTS = RECYCLE_AFTER_SUBJECTS
+"""From this many subjects, even a sequential run evaluates in a recycled forked worker."""
+
 _EXIT_GRACE_SECONDS = 5.0
 """How long a worker that sent all its results may take to exit before it is terminated."""
 
@@ -234,22 +241,27 @@ def _work(
     inputs: RunInputs,
     operation: str,
     unmatched: bool,
-    worker: int,
+    first: int,
     workers: int,
     size: int,
+    limit: int,
     connection: Connection,
 ) -> None:
-    """A worker's life: evaluate chunks `worker`, `worker + workers`, ... and send each chunk's responses, or
-    the first exception."""
+    """A worker's life: evaluate chunks `first`, `first + workers`, ... (at most `limit` of them when `limit` is
+    set) and send each chunk's responses, or the first exception; then "retire" when its lane has chunks left
+    (the parent forks a fresh worker for them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the workers
     total = len(inputs.subjects)
     try:
-        chunks = [_chunk(number, size, total) for number in range(worker, math.ceil(total / size), workers)]
+        numbers = range(first, math.ceil(total / size), workers)
+        chunks = [_chunk(number, size, total) for number in (numbers[:limit] if limit else numbers)]
         indices = (index for chunk in chunks for index in chunk)
         evaluations = evaluate_subjects(inputs, operation, unmatched=unmatched, indices=indices)
         for chunk in chunks:
             batch = to_plain(responses for _, responses in itertools.islice(evaluations, len(chunk)))
             connection.send(("results", batch))
+        if len(chunks) < len(numbers):
+            connection.send(("retire", None))
     except Exception as error:
         with suppress(OSError):  # the parent is gone: nobody to tell
             connection.send(("error", Failure.of(error)))
@@ -262,7 +274,13 @@ class ParallelEvaluation:
 
     The workers start at construction: create it before anything starts a thread (a progress bar does). Iterate
     once for `(subject, responses)` in subject order; use it as a context manager, so that leaving early stops
-    the workers."""
+    the workers.
+
+    With `recycle_after` N > 0, a worker evaluates at most N chunks, then exits and a freshly forked one takes its
+    lane over: cel-expr-python keeps the arguments and results of every call of a Python-implemented CEL function
+    (see `python -m bench.memory`), so a long-lived evaluator grows with the run. Recycling forks again while the
+    results are read, so it is only safe while no other thread runs: the caller enables it only without a
+    progress bar."""
 
     def __init__(
         self,
@@ -272,7 +290,12 @@ class ParallelEvaluation:
         unmatched: bool = True,
         workers: int,
         size: int | None = None,
+        recycle_after: int = 0,
     ) -> None:
+        self._inputs = inputs
+        self._operation = operation
+        self._unmatched = unmatched
+        self._recycle_after = recycle_after
         self._subjects: Sequence[Subject] = inputs.subjects
         total = len(self._subjects)
         self._size = size or chunk_size(total, workers)
@@ -281,7 +304,7 @@ class ParallelEvaluation:
         self._connections: list[Connection] = []
         self._started = self._finished = self._frozen = False
         workers = max(1, min(workers, self._chunks))
-        context = multiprocessing.get_context("fork")
+        self._workers = workers
         # Until `close`, the objects of the run so far (policies, resources) stay out of garbage collections, in
         # the workers (which then copy fewer pages) and in the parent (whose collections while it merges results
         # would otherwise walk them all, again and again).
@@ -289,22 +312,40 @@ class ParallelEvaluation:
         self._frozen = True
         try:
             for worker in range(workers):
-                receiver, sender = context.Pipe(duplex=False)
-                self._connections.append(receiver)
-                try:
-                    process = context.Process(
-                        target=_work,
-                        args=(inputs, operation, unmatched, worker, workers, self._size, sender),
-                        name=f"celvern-worker-{worker + 1}",
-                        daemon=True,
-                    )
-                    process.start()
-                finally:
-                    sender.close()  # the worker's copy is now the only one: its death reads as end of file
+                process, receiver = self._fork(worker)
                 self._processes.append(process)
+                self._connections.append(receiver)
         except BaseException:
             self.close()
             raise
+
+    def _fork(self, first: int) -> tuple[BaseProcess, Connection]:
+        """A worker for the lane of chunk `first`, starting there."""
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        try:
+            process = context.Process(
+                target=_work,
+                args=(
+                    self._inputs,
+                    self._operation,
+                    self._unmatched,
+                    first,
+                    self._workers,
+                    self._size,
+                    self._recycle_after,
+                    sender,
+                ),
+                name=f"celvern-worker-{first % self._workers + 1}",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            receiver.close()
+            raise
+        finally:
+            sender.close()  # the worker's copy is now the only one: its death reads as end of file
+        return process, receiver
 
     def __iter__(self) -> Evaluations:
         if self._started:
@@ -315,15 +356,27 @@ class ParallelEvaluation:
     def _results(self) -> Evaluations:
         total = len(self._subjects)
         for number in range(self._chunks):
-            batch = self._receive(number % len(self._processes))
+            batch = self._receive(number)
             for index, responses in zip(_chunk(number, self._size, total), from_plain(batch), strict=True):
                 yield self._subjects[index], responses
         self._finished = True
 
-    def _receive(self, worker: int) -> PlainBatch:
+    def _receive(self, number: int) -> PlainBatch:
+        """The results of chunk `number`, from the worker of its lane (replacing a worker that retired)."""
+        worker = number % len(self._processes)
         process = self._processes[worker]
         try:
             kind, payload = self._connections[worker].recv()
+            if kind == "retire":
+                process.join(_EXIT_GRACE_SECONDS)
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
+                process.close()
+                self._connections[worker].close()
+                process, self._connections[worker] = self._fork(number)
+                self._processes[worker] = process
+                kind, payload = self._connections[worker].recv()
         except EOFError:
             process.join(_EXIT_GRACE_SECONDS)
             workers = len(self._processes)

@@ -373,3 +373,46 @@ def test_failures_are_rebuilt_as_raised(error: Exception, kind: type[Exception],
     assert type(rebuilt) is kind
     assert str(rebuilt) == text
     assert isinstance(rebuilt.__cause__, parallel.RemoteTraceback)
+
+
+# --- recycled workers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
+def test_recycled_workers_give_the_sequential_results(workers: int, tmp_path: Path) -> None:
+    """With `recycle_after=1` every chunk is evaluated by a freshly forked worker; results are unchanged."""
+    path = tmp_path / "pods.yaml"
+    path.write_text(_pods(40, privileged_every=3))
+    inputs = suite.RunInputs(
+        policy_set=suite.load_policy_set([str(POD_SECURITY)], ()),
+        subjects=tuple(suite.subjects_of(suite.resource_documents(load_paths([path])))),
+    )
+    expected = [(s.key, r) for s, r in suite.evaluate_subjects(inputs, "CREATE", unmatched=False)]
+    forked: list[int] = []
+
+    class Spy(ParallelEvaluation):
+        def _fork(self, first: int) -> Any:
+            forked.append(first)
+            return super()._fork(first)
+
+    with Spy(inputs, "CREATE", unmatched=False, workers=workers, size=5, recycle_after=1) as evaluation:
+        got = [(s.key, r) for s, r in evaluation]
+    assert got == expected
+    chunks = -(-len(inputs.subjects) // 5)
+    assert sorted(forked) == list(range(chunks)), "one fresh worker per chunk"
+
+
+def test_a_long_sequential_run_evaluates_in_recycled_workers(
+    forks: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(parallel, "RECYCLE_AFTER_SUBJECTS", 8)
+    monkeypatch.setattr(parallel, "RECYCLE_MIN_SUBJECTS", 8)
+    resources = tmp_path / "pods.yaml"
+    resources.write_text(_pods(60, privileged_every=7))
+    recycled = run(POD_SECURITY, "-r", resources, "-o", "json")
+    assert forks == [1], "a sequential run of at least RECYCLE_MIN_SUBJECTS subjects forks one recycled worker"
+    monkeypatch.setattr(parallel, "fork_available", lambda: False)
+    in_process = run(POD_SECURITY, "-r", resources, "-o", "json")
+    assert forks == [1]
+    assert recycled.exit_code == in_process.exit_code == 1
+    assert _timestamps_zeroed(recycled.stdout) == _timestamps_zeroed(in_process.stdout)
