@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -136,6 +137,25 @@ def policy_event(
     )
 
 
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_MAX_PREFIX = 200
+"""Longest name prefix: with the "." and the API server's random suffix, the name stays within 253 characters."""
+
+
+def name_prefix(name: str) -> str:
+    """The start of an Event's generated name for a resource named `name`: the name itself when it is a valid
+    DNS-1123 subdomain of at most 200 characters; else a sanitised form (lower-cased, anything but letters, digits,
+    '-' and '.' replaced by '-', each dot-separated part trimmed of '-', cut to 200 characters), or "celvern" if
+    nothing is left. The API server rejects an Event whose name is invalid (a ClusterRole `system:controller:x`)."""
+    if len(name) <= _MAX_PREFIX and _DNS_SUBDOMAIN.fullmatch(name):
+        return name
+    cleaned = re.sub(r"[^a-z0-9.-]", "-", name.lower())
+    labels = [label.strip("-") for label in cleaned.split(".")]
+    prefix = ".".join(label for label in labels if label)[:_MAX_PREFIX].rstrip("-.")
+    return prefix if _DNS_SUBDOMAIN.fullmatch(prefix) else "celvern"
+
+
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up; `take` never waits."""
 
@@ -225,6 +245,9 @@ class EventRecorder:
         """An event taken from the queue that waits for a token."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+        self._exiting = False
+        """The sender thread has seen `_stop` and is ending."""
 
     @property
     def pending(self) -> int:
@@ -233,13 +256,16 @@ class EventRecorder:
     # --- recording (any thread, never blocks) ---------------------------------------------------------------
 
     def record(self, event: PolicyEvent) -> bool:
-        """Queue the event; False when it was dropped (queue full) or skipped (a recent duplicate)."""
+        """Queue the event; False when it was dropped (queue full) or skipped (a recent duplicate). Only a queued
+        event enters the dedup window: the repeat of a dropped one is queued if there is room then."""
         try:
             if self.dedup_window and self._duplicate(event):
                 self.duplicates += 1
                 self.metrics.dropped.labels("duplicate").inc()
                 return False
             self._queue.put_nowait(event)
+            if self.dedup_window:
+                self._remember(event)
             return True
         except queue.Full:
             self.dropped += 1
@@ -306,18 +332,28 @@ class EventRecorder:
         return queued
 
     def _duplicate(self, event: PolicyEvent) -> bool:
+        """Whether an identical event was queued within the dedup window."""
         key = event.dedup_key()
         now = self._clock()
         with self._recent_lock:
             seen = self._recent.get(key)
-            if seen is not None and now - seen < self.dedup_window:
-                return True
-            if len(self._recent) >= _MAX_DEDUP_ENTRIES:
-                self._recent = {k: t for k, t in self._recent.items() if now - t < self.dedup_window}
-                if len(self._recent) >= _MAX_DEDUP_ENTRIES:
-                    self._recent.clear()
-            self._recent[key] = now
-            return False
+            return seen is not None and now - seen < self.dedup_window
+
+    def _remember(self, event: PolicyEvent) -> None:
+        """Put a queued event in the dedup window. `_recent` is in the order entries were made (a key seen again
+        moves to the end), so the oldest are at the front: expired ones, and beyond `_MAX_DEDUP_ENTRIES` the oldest
+        live ones, are dropped from there, a few at a time."""
+        key = event.dedup_key()
+        now = self._clock()
+        with self._recent_lock:
+            recent = self._recent
+            recent.pop(key, None)
+            while recent:
+                oldest = next(iter(recent))
+                if now - recent[oldest] < self.dedup_window and len(recent) < _MAX_DEDUP_ENTRIES:
+                    break
+                del recent[oldest]
+            recent[key] = now
 
     # --- sending (one thread) ---------------------------------------------------------------------------------
 
@@ -358,12 +394,14 @@ class EventRecorder:
 
     def to_object(self, event: PolicyEvent) -> dict[str, Any]:
         """The events.k8s.io/v1 Event object."""
-        name = (event.regarding.get("name") or "celvern")[:200]
         when = self._wall_clock().astimezone(datetime.UTC)
         return {
             "apiVersion": EVENTS.api_version,
             "kind": EVENTS.kind,
-            "metadata": {"generateName": f"{name}.", "namespace": event.namespace},
+            "metadata": {
+                "generateName": f"{name_prefix(event.regarding.get('name', ''))}.",
+                "namespace": event.namespace,
+            },
             "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "reportingController": self.controller,
             "reportingInstance": self.instance[:128],
@@ -376,20 +414,36 @@ class EventRecorder:
         }
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="celvern-events", daemon=True)
-        self._thread.start()
+        """Start the sender thread. While one runs (even one that `stop` asked to end but that has not yet, stuck
+        in a create), it is told to carry on instead: there is never more than one sender."""
+        with self._lifecycle:
+            self._stop.clear()
+            thread = self._thread
+            if thread is not None and thread.is_alive() and not self._exiting:
+                return
+            self._exiting = False
+            self._thread = threading.Thread(target=self._run, name="celvern-events", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the sender to end and wait up to `timeout` for it; a sender still busy after that is kept track of
+        (it ends after its current create, or carries on if `start` is called)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread = self._thread
+        if thread is None:
+            return
+        thread.join(timeout)
+        with self._lifecycle:
+            if self._thread is thread and not thread.is_alive():
+                self._thread = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
+            with self._lifecycle:
+                # Decided under the lock, so that `start` either sees this thread exiting or keeps it running.
+                if self._stop.is_set():
+                    self._exiting = True
+                    return
             try:
                 self.process()
                 if self._held is not None:

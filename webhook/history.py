@@ -26,11 +26,11 @@ as TIMESTAMPTZ):
 
 - `decisions`: one row per decision, indexed on `time`, `(policy, time)` and `(namespace, time)`;
 - `decision_days`: a rollup, the number of decisions per UTC day (days since 1970-01-01), source, action and policy.
-  It is updated in the same transaction as the inserts and the purges, so `daily_counts` and `policy_counts` sum a
-  few thousand rollup rows instead of grouping every decision (grouping 200,000 rows takes SQLite longer than the
-  overview's 200 ms budget). Only the partial days at the edges of a window are counted from `decisions`, from
-  whichever side of the window's edge holds fewer rows. A policy's severity and category are those of its latest
-  decision, looked up (index on `(policy, time)`) only for the policies a query returns;
+  It is updated in the same transaction as the inserts and each chunk of a purge, so `daily_counts` and
+  `policy_counts` sum a few thousand rollup rows instead of grouping every decision (grouping 200,000 rows takes
+  SQLite longer than the overview's 200 ms budget). Only the partial days at the edges of a window are counted
+  from `decisions`, from whichever side of the window's edge holds fewer rows. A policy's severity and category
+  are those of its latest decision, looked up (index on `(policy, time)`) only for the policies a query returns;
 - `scans` and `scan_policies`: background-scan summaries, one row per scan and one per policy in it;
 - `schema_version`: the schema's version; a newer version than this code knows is refused.
 
@@ -181,7 +181,8 @@ class DecisionStore(Protocol):
         """The most recent scan summary, or None when no scan was recorded."""
 
     def purge(self, before: datetime.datetime) -> int:
-        """Delete decisions (and scan summaries) older than `before`; returns how many decisions went."""
+        """Delete decisions (and scan summaries) older than `before`, in bounded transactions (a backlog must not
+        lock other writers out for long); returns how many decisions went."""
 
     def daily_counts(self, since: datetime.datetime, until: datetime.datetime) -> list[DailyCount]:
         """Counts per UTC day, source and action of decisions with since <= time < until."""
@@ -200,6 +201,11 @@ class DecisionStore(Protocol):
 
 class StoreError(Exception):
     """The store cannot be opened or written (connection refused, disk full, bad URL)."""
+
+
+class RecordError(StoreError):
+    """The store refused the records themselves (a value it cannot hold, such as a NUL character for PostgreSQL or
+    a lone surrogate), not because it is down: written one by one, only the bad records are lost."""
 
 
 # --- time -------------------------------------------------------------------------------------------------------
@@ -231,6 +237,25 @@ def _utc_now() -> datetime.datetime:
 
 def _truncated(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE]
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What no store can hold in text: NUL (PostgreSQL refuses it) and surrogate code points (not encodable in UTF-8;
+`json.loads` makes them from a lone `\\ud800` escape in a user's resource)."""
+_TEXT_FIELDS = ("policy", "kind", "namespace", "name", "message", "severity", "category", "user", "operation")
+
+
+def storable(decision: Decision) -> Decision:
+    """`decision` with its message cut to `MAX_MESSAGE` characters and NUL characters and surrogates in its text
+    replaced by U+FFFD, so that one odd resource cannot make a store refuse a batch."""
+    changes: dict[str, Any] = {}
+    if len(decision.message) > MAX_MESSAGE:
+        changes["message"] = decision.message[:MAX_MESSAGE]
+    for field in _TEXT_FIELDS:
+        value = changes.get(field, getattr(decision, field))
+        if _UNSTORABLE.search(value) is not None:
+            changes[field] = _UNSTORABLE.sub("\ufffd", value)
+    return dataclasses.replace(decision, **changes) if changes else decision
 
 
 # --- URLs -------------------------------------------------------------------------------------------------------
@@ -387,6 +412,9 @@ class _SqlStore:
     Subclasses provide `_run` (one transaction, with the store's locking and error mapping) and the time encoding.
     """
 
+    _name = "''"
+    """The store's path or redacted URL, quoted, for error messages."""
+
     _HAS_SCHEMA_VERSION = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
 
     def _run(self, work: Callable[[_Cursor], _T], *, write: bool) -> _T:
@@ -456,7 +484,11 @@ class _SqlStore:
             cursor.insert_decisions(rows)
             cursor.execute_many(_UPSERT_DAY, upserts)
 
-        self._run(work, write=True)
+        try:
+            self._run(work, write=True)
+        except (UnicodeError, ValueError, OverflowError) as error:
+            # The driver could not encode a value (a surrogate, an out-of-range number): the rows are at fault.
+            raise RecordError(f"history store {self._name}: cannot store a decision: {error}") from error
 
     def record_scan(self, summary: ScanSummary) -> None:
         def work(cursor: _Cursor) -> None:
@@ -469,40 +501,62 @@ class _SqlStore:
 
         self._run(work, write=True)
 
+    PURGE_CHUNK = 10_000
+    """Decisions deleted per transaction by `purge`: a backlog (retention shortened, a store down for days) goes in
+    many short transactions, so other processes writing to the store wait for one chunk, never the whole purge."""
+
     def purge(self, before: datetime.datetime) -> int:
-        """Delete what is older than `before`; the rollup loses exactly the deleted rows (the partial day at the
-        cutoff is decremented by what the DELETE returned, whole days before it are dropped)."""
+        """Delete what is older than `before`, oldest first, `PURGE_CHUNK` decisions per transaction; each
+        transaction takes from the rollup exactly the rows it deleted (so counts agree with the rows after every
+        chunk, and two processes purging at once delete each row once). Scan summaries go in a last transaction."""
         before = _utc(before)
-        cutoff_day = _day_of(before)
-        day_start = _midnight(cutoff_day)
+        encoded = self._encode_time(before)
+        chunk = max(int(self.PURGE_CHUNK), 1)
+        deleted = 0
+        while True:
+            started = time.monotonic()
+            gone = self._run(lambda cursor: self._purge_chunk(cursor, encoded, chunk), write=True)
+            deleted += gone
+            if gone < chunk:
+                break
+            self._between_chunks(time.monotonic() - started)
 
-        def work(cursor: _Cursor) -> int:
-            deleted = 0
-            if before > day_start:
-                gone = cursor.rows(
-                    "DELETE FROM decisions WHERE time >= ? AND time < ? RETURNING source, action, policy",
-                    (self._encode_time(day_start), self._encode_time(before)),
-                )
-                deleted += len(gone)
-                decrements: dict[tuple[str, str, str], int] = {}
-                for source, action, policy in gone:
-                    decrements[(source, action, policy)] = decrements.get((source, action, policy), 0) + 1
-                cursor.execute_many(
-                    "UPDATE decision_days SET count = count - ? WHERE day = ? AND source = ? AND action = ?"
-                    " AND policy = ?",
-                    [(n, cutoff_day, *key) for key, n in sorted(decrements.items())],
-                )
-                cursor.execute("DELETE FROM decision_days WHERE day = ? AND count <= 0", (cutoff_day,))
-            deleted += cursor.execute("DELETE FROM decisions WHERE time < ?", (self._encode_time(day_start),))
-            cursor.execute("DELETE FROM decision_days WHERE day < ?", (cutoff_day,))
-            cursor.execute(
-                "DELETE FROM scan_policies WHERE scan IN (SELECT id FROM scans WHERE time < ?)",
-                (self._encode_time(before),),
-            )
-            cursor.execute("DELETE FROM scans WHERE time < ?", (self._encode_time(before),))
-            return deleted
+        def rest(cursor: _Cursor) -> None:
+            # Rollup rows of days wholly before the cutoff have no decisions left (a safety net, normally none).
+            cursor.execute("DELETE FROM decision_days WHERE day < ?", (_day_of(before),))
+            cursor.execute("DELETE FROM scan_policies WHERE scan IN (SELECT id FROM scans WHERE time < ?)", (encoded,))
+            cursor.execute("DELETE FROM scans WHERE time < ?", (encoded,))
 
-        return self._run(work, write=True)
+        self._run(rest, write=True)
+        return deleted
+
+    def _purge_chunk(self, cursor: _Cursor, before: Any, limit: int) -> int:
+        gone = cursor.rows(
+            "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions WHERE time < ? ORDER BY time LIMIT ?)"
+            " RETURNING time, source, action, policy",
+            (before, limit),
+        )
+        decrements: dict[tuple[int, str, str, str], int] = {}
+        for moment, source, action, policy in gone:
+            key = (self._day_of_stored(moment), source, action, policy)
+            decrements[key] = decrements.get(key, 0) + 1
+        # Sorted keys: two processes purging at once lock rollup rows in the same order (no deadlock).
+        cursor.execute_many(
+            "UPDATE decision_days SET count = count - ? WHERE day = ? AND source = ? AND action = ? AND policy = ?",
+            [(n, *key) for key, n in sorted(decrements.items())],
+        )
+        cursor.execute_many(
+            "DELETE FROM decision_days WHERE day = ? AND count <= 0",
+            [(day,) for day in sorted({k[0] for k in decrements})],
+        )
+        return len(gone)
+
+    def _day_of_stored(self, value: Any) -> int:
+        """The rollup day of a stored `time` value."""
+        return _day_of(self._decode_time(value))
+
+    def _between_chunks(self, elapsed: float) -> None:
+        """Called between two purge transactions (`elapsed`: how long the last one took)."""
 
     # -- reads
 
@@ -765,9 +819,14 @@ class SqliteStore(_SqlStore):
     """
 
     BUSY_TIMEOUT_MS = 10_000
+    PURGE_PAUSE = 0.1
+    """Longest pause between two purge transactions. A process waiting for the write lock polls it (SQLite's busy
+    handler sleeps up to 100 ms between tries), so the purge leaves the lock free for as long as it held it, up to
+    this, or a backlog's purge would take the lock back before the waiting writer looks again."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._name = repr(path)
         self._lock = threading.Lock()
         try:
             if path != ":memory:":
@@ -798,6 +857,12 @@ class SqliteStore(_SqlStore):
     def _decode_time(self, value: Any) -> datetime.datetime:
         return _EPOCH + datetime.timedelta(microseconds=int(value))
 
+    def _day_of_stored(self, value: Any) -> int:
+        return int(value) // 86_400_000_000
+
+    def _between_chunks(self, elapsed: float) -> None:
+        time.sleep(min(max(elapsed, 0.001), self.PURGE_PAUSE))
+
     def _run(self, work: Callable[[_Cursor], _T], *, write: bool) -> _T:
         with self._lock:
             connection = self._connection
@@ -812,7 +877,9 @@ class SqliteStore(_SqlStore):
                 return result
             except sqlite3.Error as error:
                 self._rollback(connection)
-                raise StoreError(f"history store {self.path!r}: {error}") from error
+                # A value the database refuses (a constraint, a type) is the records' fault, not the store's.
+                refused = isinstance(error, (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError))
+                raise (RecordError if refused else StoreError)(f"history store {self.path!r}: {error}") from error
             except BaseException:
                 self._rollback(connection)
                 raise
@@ -881,6 +948,7 @@ class PostgresStore(_SqlStore):
     def __init__(self, url: str) -> None:
         self._url = url
         self.url = redact_url(url)
+        self._name = repr(self.url)
         self._lock = threading.Lock()
         self._connection: psycopg.Connection[tuple[Any, ...]] | None = None
         self._closed = False
@@ -975,7 +1043,10 @@ class PostgresStore(_SqlStore):
                 except psycopg.Error as error:
                     if connection.broken:
                         self._drop_connection()
-                    raise StoreError(f"history store {self.url!r}: {_without(str(error), self._url)}") from None
+                    # A value the server refuses (NUL in text, a constraint) is the records' fault, not the store's.
+                    refused = isinstance(error, (psycopg.DataError, psycopg.IntegrityError)) and not connection.broken
+                    message = f"history store {self.url!r}: {_without(str(error), self._url)}"
+                    raise (RecordError if refused else StoreError)(message) from None
             raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -1004,25 +1075,38 @@ class DecisionRecorder:
     """Takes decisions from admission (and scan summaries from the scanner) without ever making them wait.
 
     `submit` appends to a bounded deque and returns; when the deque is full the decision is dropped and counted.
-    One daemon thread ("celvern-history") opens the store lazily through `open`, writes what is queued every
-    `flush_interval` seconds or as soon as `batch_size` decisions wait, and purges decisions older than `retention`
-    at start and then every `purge_interval` seconds. A failing store is closed, its batch dropped and counted, and
-    re-opened after a capped exponential backoff (`backoff` = first and longest delay, seconds); decisions submitted
-    meanwhile wait in the queue (which stays bounded). Memory is therefore bounded by `capacity` decisions of at most
+    One daemon thread ("celvern-history") opens the store lazily through `open` and writes what is queued in batches
+    of at most `batch_size`: one batch every `flush_interval` seconds, more at once only while full batches wait (or
+    a `flush` asks), so that a steady trickle still makes batches. Between batches it purges decisions older than
+    `retention` when due: at start, then every `purge_interval` seconds. A failing purge is counted and retried
+    later (backoff up to `purge_interval`); it never holds up the writes. A failing store is closed, its batch
+    dropped and counted, and re-opened after a capped exponential backoff (`backoff` = first and longest delay,
+    seconds); decisions submitted meanwhile wait in the queue (which stays bounded). A batch the store refuses
+    because of its values (`RecordError`, or an error other than `StoreError`) is written again one record at a
+    time, and only the records refused alone are dropped. Memory is bounded by `capacity` decisions of at most
     `MAX_MESSAGE` characters of message each.
+
+    The thread survives its own bugs: an unexpected error in a cycle is logged with its traceback, sets store_up to
+    0 and backs off like a store failure; and should the thread die anyway, `submit`, `flush` and `start` start a
+    new one (until `stop`).
 
     Metrics (in `registry`, or a private one; safe in prometheus_client multiprocess mode):
 
     - `celvern_history_written_total{record}`: decisions (`record="decision"`) and scan summaries (`"scan"`)
       written to the store;
     - `celvern_history_dropped_total{record, reason}`: records lost, `reason="queue_full"` (the queue was at
-      `capacity`), `"store_error"` (the store failed their batch, or could not be opened when stopping) or
-      `"stopped"` (submitted after `stop`);
+      `capacity`), `"store_error"` (the store failed their batch, or could not be opened when stopping),
+      `"rejected"` (the store refused that record itself, for instance a value it cannot hold) or `"stopped"`
+      (submitted after `stop`);
     - `celvern_history_store_errors_total{operation}`: failures to `open`, `write` or `purge`;
     - `celvern_history_purged_total`: decisions deleted by retention;
     - `celvern_history_queue_depth` (gauge, summed over live processes): records waiting, updated by the thread;
-    - `celvern_history_store_up` (gauge, minimum over live processes): 1 while the last store operation
-      succeeded, 0 after a failure until the store works again; so with several workers it is 1 only if all are up.
+    - `celvern_history_store_up` (gauge, minimum over live processes): 1 while the store opens, writes and purges,
+      0 after a failure to open or write (or a bug in the writer) until a write or purge works again; a failed
+      purge alone leaves it as it was. With several workers it is 1 only if all are up.
+
+    `clock` gives the wall-clock time retention counts from; `monotonic` the clock of the flush, purge and backoff
+    schedule (both injectable for tests).
     """
 
     def __init__(
@@ -1037,6 +1121,7 @@ class DecisionRecorder:
         clock: Callable[[], datetime.datetime] = _utc_now,
         purge_interval: float = 600.0,
         backoff: tuple[float, float] = (0.5, 30.0),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open = open
         self._capacity = max(capacity, 1)
@@ -1044,6 +1129,7 @@ class DecisionRecorder:
         self._flush_interval = flush_interval
         self._retention = retention
         self._clock = clock
+        self._monotonic = monotonic
         self._purge_interval = purge_interval
         self._backoff = backoff
         self._queue: deque[_Item] = deque()
@@ -1051,10 +1137,12 @@ class DecisionRecorder:
         self._stopping = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
         self._store: DecisionStore | None = None
         self._failures = 0
         self._retry_at = 0.0
         self._next_purge = 0.0
+        self._purge_failures = 0
 
         registry = registry if registry is not None else CollectorRegistry()
         written = Counter(
@@ -1065,7 +1153,8 @@ class DecisionRecorder:
         )
         dropped = Counter(
             "celvern_history_dropped",
-            "Decisions and scan summaries lost by the decision history, by reason: queue_full, store_error, stopped.",
+            "Decisions and scan summaries lost by the decision history, by reason: queue_full, store_error, rejected,"
+            " stopped.",
             ["record", "reason"],
             registry=registry,
         )
@@ -1095,17 +1184,16 @@ class DecisionRecorder:
         self._dropped = {
             (record, reason): dropped.labels(record, reason)
             for record in ("decision", "scan")
-            for reason in ("queue_full", "store_error", "stopped")
+            for reason in ("queue_full", "store_error", "rejected", "stopped")
         }
         self._errors = {operation: errors.labels(operation) for operation in ("open", "write", "purge")}
 
     # -- the admission side
 
     def submit(self, decision: Decision) -> None:
-        """Queue a decision for the store. Never blocks and never raises for a full queue or a failing store."""
-        if len(decision.message) > MAX_MESSAGE:
-            decision = dataclasses.replace(decision, message=decision.message[:MAX_MESSAGE])
-        self._enqueue(decision, "decision")
+        """Queue a decision for the store (its text made `storable`). Never blocks and never raises for a full
+        queue or a failing store."""
+        self._enqueue(storable(decision), "decision")
 
     def record_scan(self, summary: ScanSummary) -> None:
         """Queue a complete scan's summary; it is written in order with the decisions."""
@@ -1117,6 +1205,7 @@ class DecisionRecorder:
         if self._stopped:
             self._dropped[(kind, "stopped")].inc()
             return
+        self._revive()
         queue = self._queue
         if len(queue) >= self._capacity:
             self._dropped[(kind, "queue_full")].inc()
@@ -1128,17 +1217,42 @@ class DecisionRecorder:
     # -- lifecycle
 
     def start(self) -> None:
-        """Start the writer thread (it opens the store and purges at once)."""
-        if self._thread is not None:
+        """Start the writer thread (it opens the store and purges at once); a no-op while it runs."""
+        with self._thread_lock:
+            if self._thread is None:
+                self._spawn()
+                return
+        self._revive()
+
+    def _spawn(self) -> None:
+        """Start a writer thread (under `_thread_lock`)."""
+        thread = threading.Thread(target=self._run, name="celvern-history", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _revive(self) -> None:
+        """Start the writer thread again if it died (it should not: this is the last line of defence). Never
+        blocks: when another thread is already at it, it returns."""
+        thread = self._thread
+        if thread is None or thread.is_alive() or self._stopping.is_set():
             return
-        self._thread = threading.Thread(target=self._run, name="celvern-history", daemon=True)
-        self._thread.start()
+        if not self._thread_lock.acquire(blocking=False):
+            return
+        try:
+            if self._thread is thread and not self._stopping.is_set():
+                log.error("the decision history writer thread died; starting a new one")
+                self._spawn()
+        finally:
+            self._thread_lock.release()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued before this call is written or dropped; False on timeout (the store hangs
-        or is backing off) or when the thread is not running."""
+        or is backing off) or when the thread is not running (not started, or stopped)."""
+        if self._thread is None:
+            return not self._queue
+        self._revive()
         thread = self._thread
-        if thread is None or not thread.is_alive():
+        if not thread.is_alive():
             return not self._queue
         marker = threading.Event()
         self._queue.append(marker)
@@ -1146,9 +1260,9 @@ class DecisionRecorder:
         return marker.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop taking decisions, write what is queued (one attempt, even while backing off; what cannot be written
-        is dropped and counted) and close the store. False if the thread did not finish in `timeout` (a hung store);
-        it is a daemon and dies with the process."""
+        """Stop taking decisions, write what is queued (one attempt, even while backing off, and without purging;
+        what cannot be written is dropped and counted) and close the store. False if the thread did not finish in
+        `timeout` (a hung store); it is a daemon and dies with the process."""
         self._stopped = True
         self._stopping.set()
         self._wake.set()
@@ -1169,45 +1283,64 @@ class DecisionRecorder:
 
     def _run(self) -> None:
         try:
-            self._cycle(final=False)  # open and purge at start
-            while not self._stopping.is_set():
-                delay = self._retry_at - time.monotonic()
-                if delay > 0:
-                    # Backing off: submits may not wake us (each would); only stop does.
-                    self._stopping.wait(delay)
-                    continue
-                self._wake.wait(max(0.0, min(self._flush_interval, self._next_purge - time.monotonic())))
-                self._wake.clear()
-                if self._stopping.is_set():
-                    break
-                self._cycle(final=False)
-            self._cycle(final=True)
-        except Exception:  # pragma: no cover - _cycle handles store failures; this is a bug
-            log.exception("the decision history writer failed")
-            self._drop_all("store_error")
+            first = True
+            while True:
+                final = False
+                try:
+                    if not first:
+                        self._wait()
+                    first = False
+                    final = self._stopping.is_set()
+                    self._cycle(final=final)
+                except Exception:
+                    # A bug (or a metric that cannot be written): the thread must outlive it.
+                    log.exception("the decision history writer failed; carrying on")
+                    self._crashed()
+                    if final:
+                        with contextlib.suppress(Exception):
+                            self._drop_all("store_error")
+                if final:
+                    return
         finally:
             self._close_store()
-            self._queue_depth.set(len(self._queue))
+            with contextlib.suppress(Exception):
+                self._queue_depth.set(len(self._queue))
+
+    def _wait(self) -> None:
+        """Until a cycle is due: a full batch, a flush, a stop, `flush_interval` or a due purge; while backing off
+        after a failure, only the end of the backoff or a stop (submits do not wake it)."""
+        while not self._stopping.is_set():
+            delay = self._retry_at - self._monotonic()
+            if delay > 0:
+                self._stopping.wait(delay)
+                continue
+            self._wake.wait(max(0.0, min(self._flush_interval, self._next_purge - self._monotonic())))
+            self._wake.clear()
+            return
 
     def _cycle(self, *, final: bool) -> None:
-        """Open the store if needed, purge if due, write everything queued; stop at the first failure."""
+        """Open the store if needed; write one batch, and more while full batches wait or a flush marker was met;
+        before each batch, purge if due (never when stopping). Stops at the first store failure."""
+        marker: threading.Event | None = None
         try:
             store = self._ensure_store()
             if store is None:
                 return
-            if time.monotonic() >= self._next_purge and not self._purge(store):
-                return
             while True:
+                if not final and not self._stopping.is_set() and self._monotonic() >= self._next_purge:
+                    self._purge(store)
                 records, marker = self._take()
                 if records and not self._write(store, records):
-                    if marker is not None:
-                        marker.set()
                     return
                 if marker is not None:
                     marker.set()
-                if not records and marker is None:
+                    marker = None
+                    continue  # a flush waits: go on until the queue holds less than a batch
+                if len(records) < self._batch_size:
                     return
         finally:
+            if marker is not None:
+                marker.set()
             if final:
                 self._drop_all("store_error")
             self._queue_depth.set(len(self._queue))
@@ -1234,22 +1367,49 @@ class DecisionRecorder:
         return records, None
 
     def _write(self, store: DecisionStore, records: list[_Record]) -> bool:
-        """Write a batch (runs of decisions in one transaction each, scans one by one); on failure drop what is
-        left of it, count it, and back off."""
+        """Write a batch (runs of decisions in one transaction each, scans one by one). A run the store refuses
+        for its values is written again one decision at a time, dropping only those refused alone. On any other
+        failure drop what is left of the batch, count it, and back off."""
         position = 0
         try:
             while position < len(records):
                 record = records[position]
                 if isinstance(record, ScanSummary):
-                    store.record_scan(record)
-                    self._written["scan"].inc()
+                    try:
+                        store.record_scan(record)
+                    except Exception as error:
+                        if not _refused(error):
+                            raise
+                        self._rejected("scan", error)
+                    else:
+                        self._written["scan"].inc()
                     position += 1
                     continue
                 end = position
                 while end < len(records) and isinstance(records[end], Decision):
                     end += 1
                 run = [r for r in records[position:end] if isinstance(r, Decision)]
-                store.write(run)
+                try:
+                    store.write(run)
+                except Exception as error:
+                    if not _refused(error):
+                        raise
+                    if len(run) == 1:
+                        self._rejected("decision", error)
+                        position += 1
+                        continue
+                    log.info("the decision history store refused a batch, writing it one by one: %s", error)
+                    for single in run:
+                        try:
+                            store.write([single])
+                        except Exception as alone:
+                            if not _refused(alone):
+                                raise
+                            self._rejected("decision", alone)
+                        else:
+                            self._written["decision"].inc()
+                        position += 1
+                    continue
                 self._written["decision"].inc(len(run))
                 position = end
         except Exception as error:
@@ -1260,16 +1420,36 @@ class DecisionRecorder:
         self._succeeded()
         return True
 
-    def _purge(self, store: DecisionStore) -> bool:
+    def _rejected(self, kind: str, error: Exception) -> None:
+        self._dropped[(kind, "rejected")].inc()
+        log.warning("the decision history store refused a %s, dropped it: %s", kind, error)
+
+    def _purge(self, store: DecisionStore) -> None:
+        """Purge now; on failure count it and try again after a backoff (the writes go on meanwhile)."""
         try:
             purged = store.purge(self._clock() - self._retention)
         except Exception as error:
-            self._failed("purge", error)
-            return False
+            self._errors["purge"].inc()
+            self._purge_failures += 1
+            # From the longest write backoff up, doubling, to one purge interval: a purge that timed out waiting
+            # for a lock may well do so again, and each try holds up this process's writes meanwhile.
+            longest = self._backoff[1]
+            delay = min(self._purge_interval, longest * 2 ** min(self._purge_failures - 1, 30))
+            self._next_purge = self._monotonic() + delay
+            (log.warning if self._purge_failures == 1 else log.debug)(
+                "decision history purge failed: %s (retrying in %.1fs)", error, delay
+            )
+            return
+        if self._purge_failures:
+            log.info("decision history purge works again", extra={"failures": self._purge_failures})
+        self._purge_failures = 0
         self._purged.inc(purged)
-        self._next_purge = time.monotonic() + self._purge_interval
+        self._next_purge = self._monotonic() + self._purge_interval
         self._succeeded()
-        return True
+
+    def _delay(self) -> float:
+        first, longest = self._backoff
+        return float(min(longest, first * 2 ** min(self._failures - 1, 30)))
 
     def _succeeded(self) -> None:
         if self._failures:
@@ -1282,14 +1462,21 @@ class DecisionRecorder:
         self._errors[operation].inc()
         self._store_up.set(0)
         self._failures += 1
-        first, longest = self._backoff
-        delay = min(longest, first * 2 ** min(self._failures - 1, 30))
-        self._retry_at = time.monotonic() + delay
+        delay = self._delay()
+        self._retry_at = self._monotonic() + delay
         # Log the first failure of an outage loudly, the rest quietly: a down store fails every few seconds.
         (log.warning if self._failures == 1 else log.debug)(
             "decision history store %s failed: %s (retrying in %.1fs)", operation, error, delay
         )
         self._close_store()
+
+    def _crashed(self) -> None:
+        """After an unexpected error in a cycle: report the store as not working and back off (the store is kept:
+        nothing says it is at fault)."""
+        with contextlib.suppress(Exception):
+            self._store_up.set(0)
+        self._failures += 1
+        self._retry_at = self._monotonic() + self._delay()
 
     def _close_store(self) -> None:
         store, self._store = self._store, None
@@ -1307,3 +1494,9 @@ class DecisionRecorder:
                 item.set()
             else:
                 self._dropped[("scan" if isinstance(item, ScanSummary) else "decision", reason)].inc()
+
+
+def _refused(error: Exception) -> bool:
+    """Whether a write failed because of the records (worth writing them one by one) rather than the store: a
+    `RecordError`, or anything that is not a `StoreError` (an encoding error in a driver, say)."""
+    return isinstance(error, RecordError) or not isinstance(error, StoreError)

@@ -4,6 +4,7 @@ sleeps), at the seam and once through the real client."""
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from webhook.events import (
     EventRecorder,
     TokenBucket,
     bounded_note,
+    name_prefix,
     policy_event,
 )
 from webhook.kubernetes_cluster import KubernetesCluster
@@ -281,3 +283,108 @@ def test_events_reach_the_api_server_through_the_sender_thread(server: FakeApiSe
     (event,) = server.cluster.list(EVENTS, "shop").items
     assert event["reason"] == "PolicyViolation" and event["metadata"]["name"].startswith("web.")
     assert ("POST", "/apis/events.k8s.io/v1/namespaces/shop/events") in {(m, p) for m, p, _ in server.requests}
+
+
+def test_an_event_dropped_on_a_full_queue_is_not_taken_for_sent() -> None:
+    memory = InMemoryCluster()
+    events = recorder(memory, queue_size=1, dedup_window=30)
+    assert deny(events, name="first")
+    assert not deny(events, name="second")  # the queue is full: dropped
+    assert events.process() == 1
+    assert deny(events, name="second")  # its repeat is no duplicate: the first one was never queued
+    assert not deny(events, name="second")  # but this one is
+    assert events.process() == 1
+    assert [event["regarding"]["name"] for event in memory.list(EVENTS).items] == ["first", "second"]
+    assert (events.dropped, events.duplicates) == (1, 1)
+
+
+def test_the_dedup_window_forgets_the_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webhook.events._MAX_DEDUP_ENTRIES", 3)
+    clock = FakeClock()
+    events = recorder(InMemoryCluster(), clock, queue_size=100, dedup_window=30)
+    for name in ("a", "b", "c", "d"):  # "d" pushes "a" out
+        assert deny(events, name=name)
+        clock.now += 1
+    assert deny(events, name="a")
+    assert not deny(events, name="c") and not deny(events, name="d")
+    clock.now += 30  # everything expired
+    assert deny(events, name="c")
+    assert len(events._recent) == 1
+
+
+class Blocking(InMemoryCluster):
+    """Creates block until `release`; `second` is set once two events exist."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.second = threading.Event()
+
+    def create(self, resource: Any, obj: Any) -> dict[str, Any]:
+        self.entered.set()
+        self.release.wait(10)
+        created = super().create(resource, obj)
+        if len(self.list(EVENTS).items) >= 2:
+            self.second.set()
+        return created
+
+
+def test_start_after_a_stop_that_timed_out_keeps_one_sender() -> None:
+    cluster = Blocking()
+    events = recorder(cluster, dedup_window=0)
+    events.start()
+    try:
+        assert deny(events, name="first")
+        assert cluster.entered.wait(5)  # the sender is stuck in a create
+        sender = events._thread
+        events.stop(timeout=0.01)
+        assert sender is not None and sender.is_alive()
+        assert events._thread is sender  # still known
+        events.start()  # must not start a second sender
+        assert events._thread is sender
+        assert [t for t in threading.enumerate() if t.name == "celvern-events" and t is not sender] == []
+        assert deny(events, name="second")
+        cluster.release.set()
+        assert cluster.second.wait(5)  # the same sender carries on with the queue
+        assert sender.is_alive()
+        assert [event["regarding"]["name"] for event in cluster.list(EVENTS).items] == ["first", "second"]
+    finally:
+        cluster.release.set()
+        events.stop()
+    assert events._thread is None
+
+
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [
+        pytest.param("web", "web", id="plain"),
+        pytest.param("web-1.example", "web-1.example", id="dotted"),
+        pytest.param("system:controller:job-controller", "system-controller-job-controller", id="colons"),
+        pytest.param("system:node:worker-1", "system-node-worker-1", id="node"),
+        pytest.param("Admin_Role", "admin-role", id="upper-case-and-underscore"),
+        pytest.param("-lead..trail-", "lead.trail", id="bad-edges-and-empty-label"),
+        pytest.param("a" * 199 + "-b", "a" * 199, id="cut-ending-in-dash"),
+        pytest.param("a" * 199 + ".b", "a" * 199, id="cut-ending-in-dot"),
+        pytest.param("a" * 300, "a" * 200, id="long"),
+        pytest.param("café", "caf", id="non-ascii"),
+        pytest.param(":::", "celvern", id="nothing-left"),
+        pytest.param("", "celvern", id="empty"),
+    ],
+)
+def test_event_names_are_valid_dns_subdomains(name: str, prefix: str) -> None:
+    assert name_prefix(name) == prefix
+    memory = InMemoryCluster()
+    events = recorder(memory)
+    assert deny(events, name=name)
+    assert events.process() == 1
+    (created,) = memory.list(EVENTS).items
+    generate = created["metadata"]["generateName"]
+    assert generate == f"{prefix}."
+    generated = f"{generate}x7k2q"  # what the API server makes of it
+    assert DNS_SUBDOMAIN.fullmatch(generated) and len(generated) <= 253
+    assert created["regarding"].get("name", "") == name  # the real name stays where users read it
+    assert f"Pod shop/{name}:" in created["note"]

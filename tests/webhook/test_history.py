@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import sqlite3
 import threading
 import uuid
@@ -30,6 +31,7 @@ from webhook.history import (
     PolicyCount,
     PolicyScan,
     PostgresStore,
+    RecordError,
     ScanSummary,
     SqliteStore,
     StoreError,
@@ -38,6 +40,7 @@ from webhook.history import (
     open_store,
     redact_url,
     sqlite_path,
+    storable,
 )
 
 UTC = datetime.UTC
@@ -569,25 +572,39 @@ def test_default_store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 class FakeStore:
-    """A `DecisionStore` that records calls and can hang (`hold`) or fail (`failures`) on write."""
+    """A `DecisionStore` that records calls and can hang (`hold`) or fail (`failures`) on write, refuse batches
+    holding a decision named "bad..." (`refuse`, the error to raise), and fail every purge (`purge_error`)."""
 
-    def __init__(self, *, failures: int = 0, hold: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        failures: int = 0,
+        hold: threading.Event | None = None,
+        refuse: Callable[[], Exception] | None = None,
+        purge_error: Exception | None = None,
+    ) -> None:
         self.decisions: list[Decision] = []
         self.scans: list[ScanSummary] = []
         self.purges: list[datetime.datetime] = []
+        self.calls: list[str] = []
         self.failures = failures
         self.hold = hold
+        self.refuse = refuse
+        self.purge_error = purge_error
         self.writing = threading.Event()
         self.purged_twice = threading.Event()
         self.closes = 0
 
     def write(self, decisions: Sequence[Decision]) -> None:
+        self.calls.append("write")
         self.writing.set()
         if self.hold is not None:
             self.hold.wait()
         if self.failures:
             self.failures -= 1
             raise StoreError("disk full")
+        if self.refuse is not None and any(item.name.startswith("bad") for item in decisions):
+            raise self.refuse()
         self.decisions.extend(decisions)
 
     def record_scan(self, summary: ScanSummary) -> None:
@@ -597,9 +614,12 @@ class FakeStore:
         return self.scans[-1] if self.scans else None
 
     def purge(self, before: datetime.datetime) -> int:
+        self.calls.append("purge")
         self.purges.append(before)
         if len(self.purges) >= 2:
             self.purged_twice.set()
+        if self.purge_error is not None:
+            raise self.purge_error
         return 0
 
     def daily_counts(self, since: datetime.datetime, until: datetime.datetime) -> list[DailyCount]:
@@ -777,3 +797,267 @@ def test_retention_on_a_real_store(tmp_path: Path, recorders: Callable[..., Deci
         assert [item.name for item in check.violations(ViolationQuery()).items] == ["new", "recent"]
     finally:
         check.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(StoreError("database is locked"), id="store-error"),
+        pytest.param(TimeoutError("statement timeout"), id="unexpected-error"),
+    ],
+)
+def test_a_failing_purge_never_holds_up_the_writes(
+    recorders: Callable[..., DecisionRecorder], error: Exception
+) -> None:
+    store = FakeStore(purge_error=error)
+    opened: list[int] = []
+
+    def open_fake() -> DecisionStore:
+        opened.append(1)
+        return store
+
+    registry = CollectorRegistry()
+    recorder = recorders(open_fake, registry=registry, purge_interval=0.01)
+    recorder.start()
+    for n in range(3):
+        recorder.submit(decision(at(), name=f"kept-{n}"))
+    assert recorder.flush(timeout=5)
+    assert [item.name for item in store.decisions] == ["kept-0", "kept-1", "kept-2"]
+    assert store.purged_twice.wait(5)  # tried again later
+    assert metric(registry, "celvern_history_store_errors_total", operation="purge") >= 2
+    assert metric(registry, "celvern_history_dropped_total", record="decision", reason="store_error") == 0
+    assert len(opened) == 1  # the store was not closed and re-opened over a purge
+
+
+class RaisesOnce:
+    """A stand-in for a prometheus child whose first `set` raises (a full multiprocess directory)."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.raised = threading.Event()
+
+    def set(self, value: float) -> None:
+        if not self.raised.is_set():
+            self.raised.set()
+            raise OSError(28, "No space left on device")
+        self.real.set(value)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("gauge", ["_queue_depth", "_store_up"])
+def test_the_writer_thread_survives_an_unexpected_error(
+    recorders: Callable[..., DecisionRecorder], caplog: pytest.LogCaptureFixture, gauge: str
+) -> None:
+    store = FakeStore()
+    registry = CollectorRegistry()
+    recorder = recorders(lambda: store, registry=registry)
+    flaky = RaisesOnce(getattr(recorder, gauge))
+    setattr(recorder, gauge, flaky)
+    with caplog.at_level("ERROR", logger="celvern.history"):
+        recorder.start()
+        assert flaky.raised.wait(5)
+        recorder.submit(decision(at(), name="after"))
+        assert recorder.flush(timeout=5)
+    assert [item.name for item in store.decisions] == ["after"]
+    assert recorder._thread is not None and recorder._thread.is_alive()
+    assert any(record.exc_info for record in caplog.records)  # logged with its traceback
+    assert metric(registry, "celvern_history_store_up") == 1  # recovered
+
+
+@pytest.mark.parametrize("revived_by", ["submit", "flush"])
+def test_a_dead_writer_thread_is_started_again(
+    recorders: Callable[..., DecisionRecorder], monkeypatch: pytest.MonkeyPatch, revived_by: str
+) -> None:
+    store = FakeStore()
+    recorder = recorders(lambda: store)
+    real_run = recorder._run
+    runs: list[int] = []
+
+    def dies_once() -> None:
+        runs.append(1)
+        if len(runs) > 1:
+            real_run()
+        # else: the thread ends at once, as if something had killed it
+
+    monkeypatch.setattr(recorder, "_run", dies_once)
+    recorder.start()
+    first = recorder._thread
+    assert first is not None
+    first.join(5)
+    recorder.submit(decision(at(), name="revived"))
+    if revived_by == "submit":
+        assert store.writing.wait(5)
+    else:
+        assert recorder.flush(timeout=5)
+    assert [item.name for item in store.decisions] == ["revived"]
+    assert len(runs) == 2
+    recorder.start()  # a running thread is left alone
+    assert len(runs) == 2
+
+
+def test_steady_load_still_purges_between_batches(recorders: Callable[..., DecisionRecorder]) -> None:
+    """A decision arrives during every write: the writer must not drain forever and skip the purge."""
+    ticks = [0.0]
+    done = threading.Event()
+
+    class Busy(FakeStore):
+        def write(self, decisions: Sequence[Decision]) -> None:
+            super().write(decisions)
+            ticks[0] += 10  # each write lasts a purge interval
+            if len(self.decisions) < 20:
+                recorder.submit(decision(at(), name=str(len(self.decisions))))
+            else:
+                done.set()
+
+    store = Busy()
+    recorder = recorders(lambda: store, purge_interval=10, monotonic=lambda: ticks[0])
+    recorder.start()
+    recorder.submit(decision(at(), name="0"))
+    assert done.wait(5)
+    writes = [n for n, call in enumerate(store.calls) if call == "write"][:20]
+    assert len(writes) == 20
+    # Between any two writes, a purge (each write made one due).
+    assert all("purge" in store.calls[a:b] for a, b in itertools.pairwise(writes))
+
+
+def test_stop_writes_the_queue_without_purging(recorders: Callable[..., DecisionRecorder]) -> None:
+    ticks = [0.0]
+    hold = threading.Event()
+    store = FakeStore(hold=hold)
+    recorder = recorders(
+        lambda: store, batch_size=1, flush_interval=3600, purge_interval=10, monotonic=lambda: ticks[0]
+    )
+    recorder.start()
+    recorder.submit(decision(at(), name="first"))
+    assert store.writing.wait(5)  # purged at start, now inside write()
+    ticks[0] = 100  # a purge is due
+    recorder.submit(decision(at(), name="second"))
+    assert recorder.stop(timeout=0.01) is False
+    hold.set()
+    assert recorder.stop(timeout=5)
+    assert [item.name for item in store.decisions] == ["first", "second"]
+    assert len(store.purges) == 1
+
+
+REFUSALS = [
+    pytest.param(lambda: RecordError("NUL in text"), True, id="record-error"),
+    pytest.param(lambda: UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), True, id="encoding"),
+    pytest.param(lambda: StoreError("connection lost"), False, id="store-error"),
+]
+
+
+@pytest.mark.parametrize(("refusal", "one_by_one"), REFUSALS)
+def test_a_refused_record_costs_only_itself(
+    recorders: Callable[..., DecisionRecorder], refusal: Callable[[], Exception], one_by_one: bool
+) -> None:
+    store = FakeStore(refuse=refusal)
+    opened: list[int] = []
+
+    def open_fake() -> DecisionStore:
+        opened.append(1)
+        return store
+
+    registry = CollectorRegistry()
+    recorder = recorders(open_fake, registry=registry)
+    names = ["a", "bad-1", "b", "bad-2", "c"]
+    for name in names:
+        recorder.submit(decision(at(), name=name))
+    recorder.record_scan(ScanSummary(at(), ()))
+    recorder.start()
+    assert recorder.flush(timeout=5)
+
+    def dropped(reason: str) -> float:
+        return metric(registry, "celvern_history_dropped_total", record="decision", reason=reason)
+
+    if one_by_one:
+        assert [item.name for item in store.decisions] == ["a", "b", "c"]
+        assert (dropped("rejected"), dropped("store_error")) == (2, 0)
+        assert metric(registry, "celvern_history_store_errors_total", operation="write") == 0
+        assert len(opened) == 1 and len(store.scans) == 1
+    else:
+        assert store.decisions == []
+        assert (dropped("rejected"), dropped("store_error")) == (0, 5)
+        assert metric(registry, "celvern_history_store_errors_total", operation="write") == 1
+    recorder.submit(decision(at(), name="later"))
+    assert recorder.flush(timeout=5)
+    assert store.decisions[-1].name == "later"
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        pytest.param("plain", "plain", id="plain"),
+        pytest.param("ünïcødé 🚨", "ünïcødé 🚨", id="unicode"),
+        pytest.param("lone \ud800 surrogate", "lone \ufffd surrogate", id="lone-surrogate"),
+        pytest.param("pair \ud83d\udea8 uncombined", "pair \ufffd\ufffd uncombined", id="uncombined-pair"),
+        pytest.param("nul \x00 byte", "nul \ufffd byte", id="nul"),
+    ],
+)
+def test_unstorable_text_is_replaced_on_submit(
+    store: DecisionStore, recorders: Callable[..., DecisionRecorder], text: str, stored: str
+) -> None:
+    registry = CollectorRegistry()
+    recorder = recorders(lambda: store, registry=registry)
+    recorder.start()
+    recorder.submit(decision(at(), name="before"))
+    recorder.submit(dataclasses.replace(decision(at(hours=1), message=text, name=text), user=text))
+    recorder.submit(decision(at(hours=2), name="after"))
+    assert recorder.flush(timeout=5)
+    items = store.violations(ViolationQuery()).items
+    assert [item.name for item in items] == ["after", stored, "before"]
+    assert (items[1].message, items[1].user) == (stored, stored)
+    assert metric(registry, "celvern_history_written_total", record="decision") == 3
+    assert storable(decision(at(), message=text)).message == stored
+
+
+@pytest.mark.parametrize(
+    ("value", "refused_by"),
+    [
+        pytest.param("lone \ud800", {"sqlite", "postgres"}, id="lone-surrogate"),
+        pytest.param("nul \x00", {"postgres"}, id="nul"),
+    ],
+)
+def test_a_value_a_store_cannot_hold_is_a_record_error(store: DecisionStore, value: str, refused_by: set[str]) -> None:
+    kind = "postgres" if isinstance(store, PostgresStore) else "sqlite"
+    bad = [decision(at(), name="good"), decision(at(), message=value)]
+    if kind in refused_by:
+        with pytest.raises(RecordError):
+            store.write(bad)
+        assert store.violations(ViolationQuery()).total == 0  # the whole transaction went
+    else:
+        store.write(bad)
+    store.write([decision(at(hours=1), name="later")])  # the store still works
+    assert store.violations(ViolationQuery()).items[0].name == "later"
+
+
+@pytest.mark.parametrize(
+    "cutoff",
+    [
+        pytest.param(at(days=2), id="at-midnight"),
+        pytest.param(at(days=1, hours=13, minutes=5), id="mid-day"),
+        pytest.param(at(days=30), id="everything"),
+    ],
+)
+def test_purge_goes_in_chunks_each_consistent(
+    filled: DecisionStore, monkeypatch: pytest.MonkeyPatch, cutoff: datetime.datetime
+) -> None:
+    """Every chunk is its own transaction, after which the rollup agrees with the rows left."""
+    monkeypatch.setattr(filled, "PURGE_CHUNK", 7)
+    seen: list[int] = []
+
+    def between_chunks(elapsed: float) -> None:
+        left = list(filled.violations(ViolationQuery(limit=1000)).items)
+        seen.append(len(left))
+        assert filled.daily_counts(at(days=-1), at(days=9)) == expected_daily(left, at(days=-1), at(days=9))
+        assert filled.policy_counts(at(days=-1), labels=False) == [
+            dataclasses.replace(count, severity="", category="") for count in expected_policies(left, at(days=-1))
+        ]
+
+    monkeypatch.setattr(filled, "_between_chunks", between_chunks)
+    data = dataset()
+    kept = [item for item in data if item.time >= cutoff]
+    purged = len(data) - len(kept)
+    assert filled.purge(cutoff) == purged
+    assert len(seen) == purged // 7
+    assert seen == [len(data) - 7 * n for n in range(1, len(seen) + 1)]  # oldest first, 7 at a time
+    assert filled.daily_counts(at(days=-1), at(days=9)) == expected_daily(kept, at(days=-1), at(days=9))
+    assert filled.violations(ViolationQuery(limit=0)).total == len(kept)
