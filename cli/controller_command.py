@@ -8,8 +8,12 @@ need, then loop `webhook.generator.Generator` while this replica holds the leade
 It runs the generator when there are GeneratingPolicies and the background scan when there are validating policies
 with `evaluation.background.enabled` (either may come later with `--from-cluster`): the leader scans at the start of
 its term, every `--scan-interval` seconds and shortly after the policies change, in a background round
-(`webhook.policy_reports.ReportRounds`), keeps one PolicyReport (or, with `--report-format openreports`, one
+(`webhook.policy_reports.ChildReportRounds`), keeps one PolicyReport (or, with `--report-format openreports`, one
 openreports.io Report) per resource, and records a `celvern-scan` Event for the findings of each report it changes.
+Each round (`--once` included) runs in a fresh child process that exits after it: the CEL runtime keeps a reference
+to every value its Python-implemented functions see, so evaluating a whole cluster in the long-lived controller
+would grow it by gigabytes per scan. A round that overruns `--scan-timeout` (default max(2 x --scan-interval, 1 h))
+or dies is counted as failed; on a lost Lease or at shutdown the running round is stopped (SIGTERM, then killed).
 
 With `--tls-secret`, the leader also owns the webhook's TLS material (`webhook.certificates`): at the start of each
 term and every `--certificate-check-interval` seconds it keeps that Secret holding a valid CA and serving
@@ -23,14 +27,13 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
 from cli.history_options import history_options, resolve_history
-from cli.history_options import recorder as history_recorder
 from cli.suite import load_policy_set
 from engine.errors import CelvernError
 from engine.policy_set import PolicySet
@@ -42,8 +45,7 @@ if TYPE_CHECKING:  # imported when the command runs: the kubernetes client costs
     from webhook.certificates import CertificateRounds, SecretCertificates
     from webhook.events import EventRecorder
     from webhook.generator import Generator
-    from webhook.policy_reports import ReportRounds, ScanResultsHook
-    from webhook.scanner import ResourceResult
+    from webhook.policy_reports import ScanRounds
 
 log = logging.getLogger("celvern.controller")
 
@@ -177,6 +179,13 @@ def _template_kinds(policy_set: PolicySet) -> list[ResourceType]:
     show_default=True,
     help="Reports as wgpolicyk8s.io/v1alpha2 PolicyReports or openreports.io/v1alpha1 Reports.",
 )
+@click.option(
+    "--scan-timeout",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Seconds a scan round (a child process) may run before it is stopped and counted as failed "
+    "[default: max(2 x --scan-interval, 3600)].",
+)
 @history_options()
 def controller_command(
     policy_paths: tuple[str, ...],
@@ -199,6 +208,7 @@ def controller_command(
     certificate_check_interval: float,
     scan_interval: float,
     report_format: str,
+    scan_timeout: float | None,
     history_url: str | None,
     no_history: bool,
     history_retention: float,
@@ -214,12 +224,13 @@ def controller_command(
     from webhook import logs
     from webhook.certificates import CertificateRounds, SecretCertificates
     from webhook.generator import Generator, GeneratorMetrics
-    from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster
+    from webhook.kubernetes_cluster import ClusterConfigError, ClusterConnection
 
     logs.configure(log_level)
     history_url = resolve_history(history_url, no_history) if scan_interval > 0 else None
+    connection = ClusterConnection(kubeconfig=kubeconfig, context=kube_context, in_cluster=in_cluster)
     try:
-        cluster = KubernetesCluster.connect(kubeconfig=kubeconfig, context=kube_context, in_cluster=in_cluster)
+        cluster = connection.connect()
     except ClusterConfigError as error:
         raise ControllerError(str(error)) from None
     with cluster:
@@ -265,37 +276,24 @@ def controller_command(
                 webhook_configurations=webhook_configurations,
             )
         registry = CollectorRegistry()
-        history = history_recorder(history_url, history_retention, registry) if history_url else None
         generator = Generator(cluster, policy_set, metrics=GeneratorMetrics(registry))
-        reports: ReportRounds | None = None
-        recorder: EventRecorder | None = None
+        reports: ScanRounds | None = None
         if scan_interval > 0 and (from_cluster or has_background_policies(policy_set)):
-            from webhook.events import SCAN_CONTROLLER, EventRecorder
-            from webhook.policy_reports import ReportMetrics, ReportRounds, ReportWriter
+            from webhook.policy_reports import ChildReportRounds, IsolatedRound, ReportMetrics
 
-            recorder = EventRecorder(cluster, controller=SCAN_CONTROLLER, registry=registry)
-            writer = ReportWriter(
-                cluster,
+            # Each round runs in a child process that writes the reports, the history and the Events itself.
+            isolated = IsolatedRound(
+                connection,
+                policy_paths=() if from_cluster else tuple(str(path) for path in policy_paths),
                 report_format="openreports" if report_format == "openreports" else "wgpolicyk8s",
-                metrics=(report_metrics := ReportMetrics(registry)),
-                on_written=_event_for(recorder) if not once else None,
+                history_url=history_url,
+                history_retention=history_retention,
+                events=not once,
+                log_level=log_level,
             )
-            scan_history = None
-            if history is not None:
-                from webhook.scan_history import ScanHistory
-
-                scan_history = ScanHistory(history)
-            reports = ReportRounds(
-                cluster,
-                writer,
-                policy_set,
-                interval=scan_interval,
-                metrics=report_metrics,
-                on_scan_results=scan_history.add if scan_history is not None else None,
-                on_scan_finished=scan_history.scan_finished if scan_history is not None else None,
+            reports = ChildReportRounds(
+                isolated, policy_set, interval=scan_interval, timeout=scan_timeout, metrics=ReportMetrics(registry)
             )
-        if history is not None:
-            history.start()
         try:
             if once:
                 _reconcile_certificates_once(certificates)
@@ -322,37 +320,27 @@ def controller_command(
                 identity or socket.gethostname(),
                 rounds,
                 reports=reports,
-                events=recorder,
             )
         finally:
-            if history is not None:
-                history.stop(timeout=10.0)  # what the last scan queued is written before the process exits
+            if reports is not None:
+                reports.stop_round()  # an exception above: no scan process outlives the controller
+                reports.join(timeout=reports_grace(reports))
 
 
-def _event_for(recorder: EventRecorder) -> Callable[[ResourceResult], None]:
-    """The ReportWriter hook: a changed report's fail/warn/error results become `celvern-scan` Events."""
-
-    def record(result: ResourceResult) -> None:
-        recorder.record_responses(result.key, result.responses)
-
-    return record
+def reports_grace(reports: ScanRounds) -> float:
+    """How long to wait for a stopped round: its process's grace period, and a margin."""
+    return float(getattr(reports, "grace", 10.0)) + 5.0
 
 
-def _scan_once(reports: ReportRounds) -> None:
-    result = reports.run_once()
-    for note in result.notes:
-        log.info("background scan note", extra={"note": note})
+def _scan_once(reports: ScanRounds) -> None:
+    from webhook.policy_reports import RoundFailed, log_round
+
+    try:
+        result = reports.run_once()
+    except RoundFailed as error:
+        raise ControllerError(f"the background scan failed: {error}") from None
+    log_round(result)
     errors = [*result.scan_errors, *result.writes.errors]
-    log.info(
-        "background scan finished",
-        extra={
-            "scanned": result.scanned,
-            "reports_created": result.writes.created,
-            "reports_updated": result.writes.updated,
-            "reports_unchanged": result.writes.unchanged,
-            "reports_deleted": result.writes.deleted,
-        },
-    )
     if errors:
         raise ControllerError("the background scan did not complete: " + "; ".join(errors))
 
@@ -382,14 +370,13 @@ def _run(
     identity: str,
     certificates: CertificateRounds | None = None,
     *,
-    reports: ReportRounds | None = None,
+    reports: ScanRounds | None = None,
     events: EventRecorder | None = None,
-    on_scan_results: ScanResultsHook | None = None,
 ) -> None:
     """Loop while not stopped: follow policy changes, and while leader run the generator and the background rounds.
 
-    `on_scan_results(batch)` receives every background scan's results, in batches (a hook for recording scan
-    findings elsewhere, e.g. a decision history; nothing uses it yet)."""
+    A round in flight is stopped when this replica loses the Lease, and at shutdown before the Lease is released.
+    `events` (if given) is started and stopped with the loop."""
     from webhook.leader import LeaderElector
 
     stop = threading.Event()
@@ -406,8 +393,6 @@ def _run(
     start_source = getattr(source, "start", None)
     if start_source is not None:
         start_source()
-    if reports is not None and on_scan_results is not None:
-        reports.on_scan_results = on_scan_results
     if events is not None:
         events.start()
     while not stop.is_set():
@@ -428,12 +413,15 @@ def _run(
                 started = True
             generator.sync_once(timeout_seconds=1)
         else:
+            if started and reports is not None:
+                reports.stop_round()  # another replica leads now: its scan must not race with ours
             started = False  # a new leader term starts with a fresh list
             stop.wait(elector.retry_period)
     if certificates is not None:
         certificates.join(timeout=15)  # a round in flight finishes before another replica may start one
     if reports is not None:
-        reports.join(timeout=15)
+        reports.stop_round()  # the scan process gets SIGTERM, then is killed after its grace period
+        reports.join(timeout=reports_grace(reports))
     if events is not None:
         events.stop()
     elector.release()

@@ -55,10 +55,15 @@ class Conflict(ApiError):
 
 
 class Gone(ApiError):
-    """410: the resourceVersion a watch resumed from is too old; list again."""
+    """410: the resourceVersion a watch resumed from is too old, or a list's continue token expired.
 
-    def __init__(self, message: str = "too old resource version") -> None:
+    For an expired continue token the API server's Status carries, in `metadata.continue`, a token that goes on
+    from the same place in a fresh (inconsistent) list: `continue_token`, "" when it gave none.
+    """
+
+    def __init__(self, message: str = "too old resource version", *, continue_token: str = "") -> None:
         super().__init__(410, message)
+        self.continue_token = continue_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,8 @@ class Cluster(Protocol):
 
         With `limit` 0, every object. With a positive `limit`, one page of at most that many objects, starting where
         `continue_token` (from the previous page's `ObjectList.continue_token`) says; the last page has no token. An
-        expired token raises Gone: list again from the start."""
+        expired token raises Gone, whose `continue_token` (when the server gave one) goes on from the same place in
+        an inconsistent list; without one, list again from the start."""
 
     def watch(
         self, resource: ResourceType, resource_version: str, *, namespace: str = "", timeout_seconds: int = 60
@@ -123,18 +129,19 @@ def _name_of(obj: Mapping[str, Any]) -> tuple[str, str]:
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
 
 
-def _encode_token(key: tuple[str, str]) -> str:
-    """An opaque continue token: the (namespace, name) of the page's last object, so that pages stay stable when
-    objects before it are created or deleted between calls."""
-    return base64.urlsafe_b64encode(f"{key[0]}/{key[1]}".encode()).decode()
+def _encode_token(key: tuple[str, str], pages: int = 1) -> str:
+    """An opaque continue token: how many pages its list has served, and the (namespace, name) of the page's last
+    object, so that pages stay stable when objects before it are created or deleted between calls."""
+    return base64.urlsafe_b64encode(f"{pages}:{key[0]}/{key[1]}".encode()).decode()
 
 
-def _decode_token(token: str) -> tuple[str, str]:
+def _decode_token(token: str) -> tuple[int, tuple[str, str]]:
     try:
-        namespace, _, name = base64.urlsafe_b64decode(token.encode()).decode().partition("/")
+        pages, _, rest = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        namespace, _, name = rest.partition("/")
+        return int(pages), (namespace, name)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, f"invalid continue token {token!r}") from None
-    return namespace, name
 
 
 def list_pages(
@@ -143,21 +150,32 @@ def list_pages(
     """The objects of a resource, one page (`limit` = `page_size`) per API call, so that a big collection never
     arrives, or sits in memory, as one response.
 
-    When a continue token expires between pages (410 Gone), the list starts over from the first page, once: the
-    objects of the pages already yielded come again, so callers that must not see an object twice dedupe by uid.
+    Continue tokens expire (410 Gone) when etcd compacts past the list's first page, about 5 minutes after it, and
+    a caller that evaluates every object consumes pages slowly. On Gone the list goes on from the continue token the
+    API server returns with it (an inconsistent list: objects changed meanwhile may come twice or not at all, as
+    with client-go's pagers); without one it starts over from the first page, for as long as each attempt gets
+    further than the previous one. Objects may come again either way, so callers that must not see an object twice
+    dedupe by uid.
     """
     if page_size <= 0:
         raise ValueError("page_size must be positive")
-    token, restarted = "", False
+    token = ""
+    reached, best = 0, 0  # pages yielded by this attempt, and by the furthest attempt before it
     while True:
         try:
             page = cluster.list(resource, namespace, label_selector, limit=page_size, continue_token=token)
-        except Gone:
-            if not token or restarted:
+        except Gone as error:
+            if not token:
                 raise
-            token, restarted = "", True
+            if error.continue_token:
+                token = error.continue_token
+                continue
+            if reached <= best:  # no further than the last attempt: starting over again would loop forever
+                raise
+            token, reached, best = "", 0, reached
             continue
         yield page.items
+        reached += 1
         token = page.continue_token
         if not token:
             return
@@ -200,7 +218,8 @@ class InMemoryCluster:
     """A thread-safe, in-memory `Cluster` with real resourceVersion, watch and conflict semantics.
 
     Tests drive it directly (create a Namespace, delete a NetworkPolicy, ...) and inject faults with
-    `fail_next(n, status)` or expire watch history with `compact()`.
+    `fail_next(n, status)`, expire watch history with `compact()`, or expire continue tokens with
+    `continue_lifetime`.
     """
 
     def __init__(self, *, history: int = 1000) -> None:
@@ -213,6 +232,12 @@ class InMemoryCluster:
         """(verb, resource) of every call, for tests that count API traffic."""
         self.denied: set[tuple[str, str]] = set()
         """(verb, resource) pairs `allowed` answers False for."""
+        self.continue_lifetime = 0
+        """When positive, a paginated list's continue token expires (410 Gone) once the list has served this many
+        pages, as etcd compaction expires real ones some minutes after the list's first page."""
+        self.resume_expired = True
+        """Whether the 410 of an expired continue token carries a token going on from the same place (a fresh list,
+        whose pages count from zero again), as API servers send."""
 
     # --- test controls -------------------------------------------------------------------------------------
 
@@ -242,7 +267,10 @@ class InMemoryCluster:
         with self._lock:
             self._enter("list", resource)
             store = self._store(resource)
-            after = _decode_token(continue_token) if continue_token else None
+            served, after = _decode_token(continue_token) if continue_token else (0, None)
+            if after is not None and 0 < self.continue_lifetime <= served:
+                resume = _encode_token(after, 0) if self.resume_expired else ""
+                raise Gone("the provided continue parameter is too old", continue_token=resume)
             items: builtins.list[dict[str, Any]] = []
             more = False
             for key, obj in sorted(store.objects.items()):  # (namespace, name) order: stable across pages
@@ -254,7 +282,7 @@ class InMemoryCluster:
                     more = True
                     break
                 items.append(copy.deepcopy(obj))
-            token = _encode_token(_name_of(items[-1])) if more and items else ""
+            token = _encode_token(_name_of(items[-1]), served + 1) if more and items else ""
             return ObjectList(items, str(self._peek_version() - 1), token)
 
     def watch(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import quote
@@ -67,6 +68,23 @@ def resource_path(resource: ResourceType, namespace: str = "", name: str = "") -
     if name:
         path += f"/{quote(name, safe='')}"
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConnection:
+    """How to reach the cluster, as the command line says it: small and picklable, so that a child process (the
+    controller's isolated scan rounds) can open its own connection with `connect()`."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+
+    def connect(self) -> KubernetesCluster:
+        """A new client (raises ClusterConfigError); the caller closes it."""
+        return KubernetesCluster.connect(
+            kubeconfig=self.kubeconfig, context=self.context, in_cluster=self.in_cluster, timeout=self.timeout
+        )
 
 
 class KubernetesCluster:
@@ -303,6 +321,7 @@ def _object_path(resource: ResourceType, namespace: str, name: str) -> str:
 def _error(status: int, body: bytes, reason: str) -> ApiError:
     """The seam's error for an HTTP error answer, with the message of its `Status` body when it has one."""
     message = reason or f"HTTP {status}"
+    continue_token = ""
     try:
         decoded = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -311,12 +330,15 @@ def _error(status: int, body: bytes, reason: str) -> ApiError:
     else:
         if isinstance(decoded, dict) and decoded.get("message"):
             message = str(decoded["message"])
+        if isinstance(decoded, dict):
+            # An expired continue token: the Status says where an (inconsistent) list may go on from.
+            continue_token = str(_mapping(decoded.get("metadata")).get("continue") or "")
     if status == 404:
         return NotFound(message)
     if status == 409:
         return Conflict(message)
     if status == 410:
-        return Gone(message)
+        return Gone(message, continue_token=continue_token)
     return ApiError(status, message)
 
 

@@ -183,6 +183,8 @@ class Scan:
         self.scanned = 0
         self.listed = 0
         self.finished = False
+        self.aborted = ""
+        """Why the round consuming the scan failed ("" when it did not): the scan is not complete then."""
         self._scanner = scanner
         self._progress = progress
         self._stop = threading.Event()
@@ -190,11 +192,16 @@ class Scan:
 
     @property
     def complete(self) -> bool:
-        """Every type was listed and every object evaluated."""
-        return self.finished and not self.errors
+        """Every type was listed and every object evaluated (and the round consuming it did not fail)."""
+        return self.finished and not self.errors and not self.aborted
 
     def close(self) -> None:
         self._stop.set()
+
+    def abort(self, reason: str) -> None:
+        """The round consuming this scan failed: it is not complete, whatever was iterated."""
+        self.aborted = reason or "aborted"
+        self.close()
 
     def __iter__(self) -> Iterator[ResourceResult]:
         if self._started:

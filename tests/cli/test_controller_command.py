@@ -165,3 +165,28 @@ def test_nothing_to_run_is_an_error(tmp_path: Path) -> None:
         result = CliRunner().invoke(celvern, [*arguments, "--kubeconfig", server.write_kubeconfig(tmp_path)])
     assert result.exit_code == 2
     assert "nothing to run" in result.stderr
+
+
+def test_once_scans_in_a_child_process_that_writes_the_history(tmp_path: Path) -> None:
+    from tests.webhook.fake_apiserver import custom_resources
+    from webhook.history import ViolationQuery, open_store
+    from webhook.policy_reports import CLUSTER_POLICY_REPORTS, POLICY_REPORTS
+
+    cluster = InMemoryCluster()
+    cluster.create(NAMESPACES, {"metadata": {"name": "shop"}})
+    cluster.create(PODS, {"metadata": {"namespace": "shop", "name": "bare", "labels": {}}, "spec": {}})
+    history = str(tmp_path / "history.db")
+    arguments = ["controller", "--once", "--policies", str(REQUIRE_LABELS), "--history", history]
+    with custom_resources(PODS, POLICY_REPORTS, CLUSTER_POLICY_REPORTS), FakeApiServer(cluster) as server:
+        kubeconfig = server.write_kubeconfig(tmp_path)
+        result = CliRunner().invoke(celvern, [*arguments, "--scan-timeout", "300", "--kubeconfig", kubeconfig])
+    assert result.exit_code == 0, result.output
+    assert [r["summary"]["fail"] for r in cluster.list(POLICY_REPORTS, "shop").items] == [1]
+    store = open_store(history)
+    try:
+        last = store.last_scan()
+        violations = store.violations(ViolationQuery())
+    finally:
+        store.close()
+    assert last is not None and sum(scan.failed for scan in last.policies) == 1
+    assert [row.name for row in violations.items] == ["bare"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import pickle
 import socket
 import threading
 import time
@@ -12,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes.client
+import orjson
 import pytest
 
 from engine.resources import ResourceType
 from tests.webhook.fake_apiserver import FakeApiServer
 from webhook.cluster import ApiError, Conflict, Gone, NotFound, ObjectList, WatchEvent
-from webhook.kubernetes_cluster import ClusterConfigError, KubernetesCluster, resource_path
+from webhook.kubernetes_cluster import ClusterConfigError, ClusterConnection, KubernetesCluster, resource_path
 
 NAMESPACES = ResourceType("", "v1", "Namespace", "namespaces", False)
 CONFIGMAPS = ResourceType("", "v1", "ConfigMap", "configmaps", True)
@@ -408,3 +410,34 @@ def test_allowed(
     assert cluster.allowed(verb, resource, namespace) is allowed
     assert server.requests[-1][:2] == ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
     assert server.cluster.calls[-1] == ("allowed", resource.resource)
+
+
+# --- expired continue tokens, connections for child processes ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "token"),
+    [
+        pytest.param(
+            {"kind": "Status", "code": 410, "message": "too old", "metadata": {"continue": "next-page"}},
+            "next-page",
+            id="status with a continue token",
+        ),
+        pytest.param({"kind": "Status", "code": 410, "message": "too old", "metadata": {}}, "", id="status without"),
+        pytest.param(None, "", id="not json"),
+    ],
+)
+def test_gone_carries_the_continue_token_of_the_status(body: dict[str, Any] | None, token: str) -> None:
+    from webhook.kubernetes_cluster import _error
+
+    error = _error(410, orjson.dumps(body) if body is not None else b"gateway says no", "Gone")
+    assert isinstance(error, Gone)
+    assert error.continue_token == token
+
+
+def test_a_cluster_connection_is_picklable_and_connects(server: FakeApiServer, tmp_path: Path) -> None:
+    connection = ClusterConnection(kubeconfig=server.write_kubeconfig(tmp_path), timeout=2)
+    copy = pickle.loads(pickle.dumps(connection))
+    assert copy == connection
+    with copy.connect() as kube:
+        assert names(kube.list(NAMESPACES).items) == ["alpha", "beta"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.resources import DEFAULT_MAPPER
+from engine.resources import DEFAULT_MAPPER, ResourceType
 from engine.results import Action, PolicyRef, PolicyResponse, ResourceKey, RuleResult, Status
 from tests.webhook.test_scanner import NAMESPACES, namespace, pod, policy, policy_set
 from webhook.cluster import InMemoryCluster
@@ -131,3 +131,63 @@ def test_a_scan_of_the_cluster_reaches_safe_to_enforce(tmp_path: Path) -> None:
     assert [(row["policy"], row["name"], row["source"]) for row in data["recent"]] == [("needs-app", "bad", "scan")]
     assert data["lastScan"] is not None and data["lastScan"]["fail"] == 1
     assert [row["policy"] for row in data["safeToEnforce"]] == ["always-true"]
+
+
+CONFIGMAPS = DEFAULT_MAPPER.for_kind("v1", "ConfigMap")
+
+
+def result_of(resource: ResourceType, name: str, message: str) -> ResourceResult:
+    key = ResourceKey(resource.api_version, resource.kind, "shop", name, uid=f"uid-{resource.resource}-{name}")
+    ref = PolicyRef("ValidatingPolicy", "check")
+    return ResourceResult(resource, key, (PolicyResponse(ref, key, (RuleResult(Status.FAIL, message),)),))
+
+
+@pytest.mark.parametrize(
+    ("unseen", "baseline_after_20_scans"),
+    [
+        pytest.param((), 100, id="every type listed: one scan's findings"),
+        pytest.param(("core/configmaps",), 101, id="configmaps not listed: their old finding kept"),
+    ],
+)
+def test_incomplete_scans_keep_a_bounded_baseline(unseen: tuple[str, ...], baseline_after_20_scans: int) -> None:
+    """Pods are replaced between scans (new names, new uids) and some type always fails: no scan is complete."""
+    history = ScanHistory(Sink(), clock=lambda: WHEN)
+    history.add([result_of(CONFIGMAPS, "settings", "bad")])
+    history.finish(complete=False)
+    for scan in range(20):
+        history.add([result_of(PODS, f"r{scan}-p{index}", "bad") for index in range(100)])
+        history.finish(complete=False, unseen=unseen)
+    assert len(history.baseline) == baseline_after_20_scans
+
+
+def test_the_old_findings_of_a_type_that_could_not_be_listed_are_not_recorded_again() -> None:
+    sink = Sink()
+    history = ScanHistory(sink, clock=lambda: WHEN)
+    history.add([result_of(CONFIGMAPS, "settings", "bad"), result_of(PODS, "web", "bad")])
+    history.finish(complete=True)
+    history.add([result_of(PODS, "web", "bad")])  # configmaps failed to list this time
+    history.finish(complete=False, unseen=["core/configmaps"])
+    sink.decisions.clear()
+    history.add([result_of(CONFIGMAPS, "settings", "bad"), result_of(PODS, "web", "bad")])
+    assert sink.decisions == []  # both persisted: neither is new
+
+
+def test_the_baseline_goes_from_one_history_to_the_next() -> None:
+    first = ScanHistory(Sink(), clock=lambda: WHEN)
+    first.add([BAD])
+    first.finish(complete=True)
+    sink = Sink()
+    second = ScanHistory(sink, clock=lambda: WHEN, baseline=first.baseline)
+    second.add([BAD])
+    assert sink.decisions == []
+
+
+def test_a_scan_start_forgets_what_an_unfinished_scan_counted() -> None:
+    sink = Sink()
+    history = ScanHistory(sink, clock=lambda: WHEN)
+    history.add([BAD, result("b", (Status.FAIL, "bad"))])  # a round that died before finish()
+    history.begin()
+    history.add([BAD])
+    summary = history.finish(complete=True, policies=["check"])
+    assert summary is not None
+    assert [(scan.policy, scan.failed) for scan in summary.policies] == [("check", 1)]

@@ -155,6 +155,69 @@ def test_an_expired_continue_token_restarts_the_list_and_the_scan_sees_each_obje
     assert sorted(r.key.name for r in results) == ["p0", "p1", "p2"]
 
 
+@pytest.mark.parametrize(
+    ("lifetime", "resume", "outcome"),
+    [
+        pytest.param(0, True, "every object once", id="tokens never expire"),
+        pytest.param(3, True, "every object once", id="expired tokens resume from the 410's continue token"),
+        pytest.param(3, False, "gone", id="no resume token and no progress: gives up"),
+    ],
+)
+def test_continue_tokens_that_keep_expiring(lifetime: int, resume: bool, outcome: str) -> None:
+    """Tokens expire while a slow consumer evaluates (etcd compaction): a list of 20 pages must still finish."""
+    memory = InMemoryCluster()
+    for index in range(40):
+        memory.create(CONFIGMAPS, {"metadata": {"namespace": "a", "name": f"cm-{index:02d}"}})
+    memory.continue_lifetime, memory.resume_expired = lifetime, resume
+    if outcome == "gone":
+        with pytest.raises(Gone):
+            list(list_all_pages(memory, CONFIGMAPS, page_size=2))
+        return
+    names = [o["metadata"]["name"] for o in list_all_pages(memory, CONFIGMAPS, page_size=2)]
+    assert names == [f"cm-{index:02d}" for index in range(40)]
+
+
+def test_a_scan_finishes_although_its_continue_tokens_keep_expiring() -> None:
+    memory = InMemoryCluster()
+    memory.create(NAMESPACES, namespace("shop"))
+    for index in range(60):
+        memory.create(PODS, pod("shop", f"p{index:02d}"))
+    memory.continue_lifetime = 2  # every list's token dies after 2 pages: restarting once is not enough
+    scan = Scanner(memory, policy_set(policy("needs-app")), page_size=5, list_workers=1).scan()
+    results = list(scan)
+    assert scan.complete, [error.message for error in scan.errors]
+    assert sorted(r.key.name for r in results) == [f"p{index:02d}" for index in range(60)]
+
+
+def test_an_expired_token_without_resume_restarts_while_each_attempt_gets_further() -> None:
+    class ExpiresAtPageThree(InMemoryCluster):
+        """The third page's token expires once per position: each restart gets one page further."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.expired: set[str] = set()
+
+        def list(
+            self,
+            resource: ResourceType,
+            namespace: str = "",
+            label_selector: str = "",
+            *,
+            limit: int = 0,
+            continue_token: str = "",
+        ) -> ObjectList:
+            if continue_token and continue_token not in self.expired and len(self.expired) < 3:
+                self.expired.add(continue_token)
+                raise Gone("the provided continue parameter is too old")
+            return super().list(resource, namespace, label_selector, limit=limit, continue_token=continue_token)
+
+    memory = ExpiresAtPageThree()
+    for index in range(8):
+        memory.create(CONFIGMAPS, {"metadata": {"namespace": "a", "name": f"cm-{index}"}})
+    names = {o["metadata"]["name"] for o in list_all_pages(memory, CONFIGMAPS, page_size=2)}
+    assert names == {f"cm-{index}" for index in range(8)}
+
+
 # --- what is scanned ------------------------------------------------------------------------------------------
 
 
