@@ -310,7 +310,7 @@ def main(argv: list[str]) -> int:
     show(summary)
     show(
         _table(
-            "1c. Compile time of the whole bundled library (policies/), no program cache, in-process",
+            "1d. Compile time of the whole bundled library (policies/), no program cache, in-process",
             bench_library_compile(),
             ["medians of 5 runs after a warm-up"],
         )
