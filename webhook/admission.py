@@ -243,6 +243,8 @@ class AuditEvent:
     category: str = ""
     result: str = "fail"
     dry_run: bool = False
+    policy_kind: str = ""
+    """ValidatingPolicy, MutatingPolicy, ... ("" when several policies are concerned)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +329,7 @@ def decide_validation(evaluation: Evaluation, request: AdmissionRequest) -> Admi
                 continue
             message = rule.message or result
             if status is Status.ERROR and ref.failure_policy == IGNORE:
-                events.append(AuditEvent(key, IGNORE, message, ref.severity, ref.category, result, dry_run))
+                events.append(AuditEvent(key, IGNORE, message, ref.severity, ref.category, result, dry_run, ref.kind))
                 outcomes.append(PolicyOutcome(key, result, IGNORE))
                 continue
             if status is not Status.FAIL and status is not Status.ERROR:
@@ -335,7 +337,9 @@ def decide_validation(evaluation: Evaluation, request: AdmissionRequest) -> Admi
                 continue
             for action in ref.validation_actions or (Action.DENY,):
                 outcomes.append(PolicyOutcome(key, result, action.value))
-                events.append(AuditEvent(key, action.value, message, ref.severity, ref.category, result, dry_run))
+                events.append(
+                    AuditEvent(key, action.value, message, ref.severity, ref.category, result, dry_run, ref.kind)
+                )
                 if action is Action.DENY:
                     denies.append(f"policy {key}: {message}")
                     failed = failed or status is Status.FAIL
@@ -391,7 +395,9 @@ def decide_mutation(evaluation: Evaluation, request: AdmissionRequest) -> Admiss
             continue
         action = IGNORE if ref.failure_policy == IGNORE else Action.DENY.value
         outcomes.append(PolicyOutcome(ref.key, result, action))
-        events.append(AuditEvent(ref.key, action, rule.message, ref.severity, ref.category, result, request.dry_run))
+        events.append(
+            AuditEvent(ref.key, action, rule.message, ref.severity, ref.category, result, request.dry_run, ref.kind)
+        )
         if action != IGNORE:
             denies.append(f"policy {ref.key}: {rule.message}")
     common: dict[str, Any] = {"audit_events": tuple(events), "outcomes": tuple(outcomes)}

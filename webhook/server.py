@@ -99,6 +99,7 @@ class EventSink(Protocol):
         name: str,
         uid: str,
         message: str,
+        policy_kind: str = ...,
     ) -> object: ...
 
 
@@ -311,6 +312,7 @@ def create_app(
                 gvk = request.kind
                 request_api_version = f"{gvk.group}/{gvk.version}" if gvk.group else gvk.version
                 cluster_scoped = not mapper.for_kind(request_api_version, gvk.kind).namespaced
+                kinds = {event.policy: event.policy_kind for event in decision.audit_events if event.policy_kind}
                 for entry in decisions:
                     if entry.action == "audit":
                         continue
@@ -324,6 +326,7 @@ def create_app(
                         name=entry.name,
                         uid=str(uid or ""),
                         message=entry.message,
+                        policy_kind=kinds.get(entry.policy, "ValidatingPolicy"),
                     )
         except Exception:  # bookkeeping never costs an answer
             log.exception("cannot record the decision in the history or as events")

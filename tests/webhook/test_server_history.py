@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 
-from tests.webhook.test_admission import BROKEN, pod, policy_set, review, validating
+from tests.webhook.test_admission import BROKEN, mutating, pod, policy_set, review, validating
 from tests.webhook.test_server import NAMESPACES, answer, post_review
 from webhook.history import Decision
 from webhook.server import create_app
@@ -115,3 +115,21 @@ def test_events_about_cluster_scoped_objects_go_to_the_default_namespace() -> No
     sinks = Sinks()
     post_review(make_app(sinks, deny_namespaces), document)
     assert [(e["kind"], e["name"], e["namespace"]) for e in sinks.events] == [("Namespace", "new-team", "")]
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "kind"),
+    [
+        pytest.param(DENY, "/validate", "ValidatingPolicy", id="validating"),
+        pytest.param(
+            mutating("broken-patch", "[JSONPatch{op: 'add', path: '/metadata/labels', value: object.spec.nothing}]"),
+            "/mutate",
+            "MutatingPolicy",
+            id="mutating-error",
+        ),
+    ],
+)
+def test_events_name_the_policy_kind(document: str, path: str, kind: str) -> None:
+    sinks = Sinks()
+    post_review(make_app(sinks, document), review(uid="u-4"), path=path)
+    assert [e["policy_kind"] for e in sinks.events] == [kind]
