@@ -1224,3 +1224,28 @@ spec:
 """
     policy = build_policy_set(parse_text(text, "p.yaml")).validating[0]
     assert describe_scope(policy.match_constraints) == expected
+
+
+# --- the same answers from either store -----------------------------------------------------------------------
+
+
+def test_the_api_answers_the_same_from_sqlite_and_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """The overview, violations and policies documents are a function of the decisions, not of the store."""
+    from tests.webhook.test_history import _postgres_store
+
+    paths = (
+        "/api/v1/overview",
+        "/api/v1/violations?limit=7&offset=3",
+        "/api/v1/violations?action=deny&since=3d",
+        "/api/v1/policies",
+    )
+    sqlite = make_store(tmp_path)
+    try:
+        expected = {path: get(make_app(sqlite), path).json() for path in paths}
+    finally:
+        sqlite.close()
+    for postgres in _postgres_store(postgres_url):
+        seed(postgres)
+        app = make_app(postgres)
+        for path in paths:
+            assert get(app, path).json() == expected[path], path
