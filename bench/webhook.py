@@ -133,6 +133,10 @@ def server(kind: str, policies: Path, workdir: Path) -> Iterator[tuple[int, int]
             "1",
             "--log-level",
             "warning",
+            # The decision history stays on, as by default, but in the benchmark's own directory; no dashboard.
+            "--history",
+            str(workdir / f"{kind}-history.db"),
+            "--no-dashboard",
         ]
         ready = "/readyz"
     process = subprocess.Popen(pinned(command, 0), cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
