@@ -19,7 +19,7 @@ import click
 
 from cli import parallel
 from cli.inputs import ClusterContext, RequestUser, Values, load_context, load_user_info, load_values
-from cli.output import apply_table, apply_text, console, documents_text, error_text, write_outputs
+from cli.output import console, error_text, print_outcome, report_options, write_outputs
 from cli.parallel import ParallelEvaluation, chunk_size, worker_count
 from cli.suite import (
     ApplyOutcome,
@@ -34,7 +34,6 @@ from cli.suite import (
 )
 from engine.errors import PolicyCompileError
 from engine.loader import STDIN, load_paths
-from engine.reports import build_reports
 from engine.request import CREATE
 from engine.resources import ResourceMapper
 from engine.results import PolicyResponse
@@ -111,23 +110,7 @@ def _with_progress(
     type=click.Path(),
     help="JSON payload file for JSON-mode policies (repeatable; not with --resource).",
 )
-@click.option("--audit-warn", is_flag=True, help="Report failures as audit warnings.")
-@click.option(
-    "--warn-exit-code",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Exit code when there are warnings but no failures or errors.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "table", "json", "yaml"]),
-    default="text",
-    show_default=True,
-    help="Output format; json and yaml print policy reports.",
-)
-@click.option("--detailed-results", is_flag=True, help="Add the message column to the table output.")
+@report_options
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False),
@@ -225,15 +208,14 @@ def apply_command(
         for subject, responses in _with_progress(iter(evaluations), len(inputs.subjects)):
             outcome.add(subject, responses)
 
-    if output == "text":
-        policy_count = policy_set.policy_count - len(policy_set.unsupported)
-        lines = apply_text(outcome, policies=policy_count, exceptions=len(policy_set.exceptions), audit_warn=audit_warn)
-        click.echo("\n".join(lines))
-    elif output == "table":
-        apply_table(console(), outcome, detailed=detailed_results, audit_warn=audit_warn)
-    else:
-        reports = build_reports((response for _, response in outcome.responses), audit_warn=audit_warn)
-        click.echo(documents_text(reports, output))
+    print_outcome(
+        outcome,
+        output,
+        policies=policy_set.policy_count - len(policy_set.unsupported),
+        exceptions=len(policy_set.exceptions),
+        audit_warn=audit_warn,
+        detailed=detailed_results,
+    )
     if output_dir:
         for path in write_outputs(outcome, Path(output_dir)):
             click.echo(f"wrote {path}", err=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
+import click
 import orjson
 import yaml
 from rich import box
@@ -24,7 +25,7 @@ from rich.text import Text
 from cli.suite import JSON_PAYLOAD, ApplyOutcome, Row, Subject, TestFileResult, summarize
 from engine.errors import CelvernError, PolicyCompileError
 from engine.model import MUTATING_KINDS
-from engine.reports import result_status
+from engine.reports import build_reports, result_status
 from engine.results import PolicyResponse, ResourceKey, Status
 
 _NON_TERMINAL_WIDTH = 10_000
@@ -313,3 +314,49 @@ def write_outputs(outcome: ApplyOutcome, directory: Path) -> list[Path]:
         path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
         written.append(path)
     return written
+
+
+# --- the report options `celvern apply` and `celvern scan` share ---------------------------------------------------
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def report_options(command: _Command) -> _Command:
+    """`--audit-warn`, `--warn-exit-code`, `-o/--output` and `--detailed-results`: the command receives `audit_warn`,
+    `warn_exit_code`, `output` and `detailed_results`, and prints with `print_outcome`."""
+    for option in reversed(
+        (
+            click.option("--audit-warn", is_flag=True, help="Report failures as audit warnings."),
+            click.option(
+                "--warn-exit-code",
+                type=int,
+                default=0,
+                show_default=True,
+                help="Exit code when there are warnings but no failures or errors.",
+            ),
+            click.option(
+                "-o",
+                "--output",
+                type=click.Choice(["text", "table", "json", "yaml"]),
+                default="text",
+                show_default=True,
+                help="Output format; json and yaml print policy reports.",
+            ),
+            click.option("--detailed-results", is_flag=True, help="Add the message column to the table output."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def print_outcome(
+    outcome: ApplyOutcome, output: str, *, policies: int, exceptions: int, audit_warn: bool, detailed: bool
+) -> None:
+    """Print what a run found in the chosen `--output` format (the same for `celvern apply` and `celvern scan`)."""
+    if output == "text":
+        click.echo("\n".join(apply_text(outcome, policies=policies, exceptions=exceptions, audit_warn=audit_warn)))
+    elif output == "table":
+        apply_table(console(), outcome, detailed=detailed, audit_warn=audit_warn)
+    else:
+        reports = build_reports((response for _, response in outcome.responses), audit_warn=audit_warn)
+        click.echo(documents_text(reports, output))

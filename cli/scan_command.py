@@ -17,11 +17,10 @@ import click
 
 from cli.history_options import history_options, resolve_history
 from cli.history_options import recorder as history_recorder
-from cli.output import apply_table, apply_text, console, documents_text, error_text
+from cli.output import console, error_text, print_outcome, report_options
 from cli.suite import ApplyOutcome, Subject, load_policy_set
 from engine.errors import CelvernError, PolicyCompileError
 from engine.policy_set import PolicySet
-from engine.reports import build_reports
 from engine.results import ResourceKey
 
 if TYPE_CHECKING:
@@ -107,23 +106,7 @@ def _history(url: str | None, retention: float) -> _RecordedScan | None:
 @click.option("--context", "kube_context", default=None, help="Kubeconfig context.")
 @click.option("--in-cluster", is_flag=True, help="Use the pod's service account.")
 @click.option("--page-size", type=click.IntRange(min=1), default=500, show_default=True, help="Objects per list call.")
-@click.option("--audit-warn", is_flag=True, help="Report failures as audit warnings.")
-@click.option(
-    "--warn-exit-code",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Exit code when there are warnings but no failures or errors.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "table", "json", "yaml"]),
-    default="text",
-    show_default=True,
-    help="Output format; json and yaml print policy reports.",
-)
-@click.option("--detailed-results", is_flag=True, help="Add the message column to the table output.")
+@report_options
 @history_options(default_on=False)
 @click.pass_context
 def scan_command(
@@ -190,16 +173,14 @@ def scan_command(
             close()
     for note in scan.notes[len(scanner.plan.notes) :]:
         click.echo(f"note: {note}", err=True)
-    if output == "text":
-        lines = apply_text(
-            outcome, policies=scanner.policy_count, exceptions=len(policy_set.exceptions), audit_warn=audit_warn
-        )
-        click.echo("\n".join(lines))
-    elif output == "table":
-        apply_table(console(), outcome, detailed=detailed_results, audit_warn=audit_warn)
-    else:
-        reports = build_reports((response for _, response in outcome.responses), audit_warn=audit_warn)
-        click.echo(documents_text(reports, output))
+    print_outcome(
+        outcome,
+        output,
+        policies=scanner.policy_count,
+        exceptions=len(policy_set.exceptions),
+        audit_warn=audit_warn,
+        detailed=detailed_results,
+    )
     if scan.errors:  # what could be scanned is shown; the run still fails as the API errors do
         for problem in scan.errors:
             click.echo(f"error: {problem.message}", err=True)
