@@ -309,9 +309,7 @@ def create_app(
                 uid = metadata.get("uid", "") if isinstance(metadata, Mapping) else ""
                 # Events about a cluster-scoped object (a Namespace being created, a ClusterRole) go to the default
                 # namespace, not to request.namespace (for a Namespace, its own name: perhaps not created yet).
-                gvk = request.kind
-                request_api_version = f"{gvk.group}/{gvk.version}" if gvk.group else gvk.version
-                cluster_scoped = not mapper.for_kind(request_api_version, gvk.kind).namespaced
+                cluster_scoped = not request.namespaced
                 kinds = {event.policy: event.policy_kind for event in decision.audit_events if event.policy_kind}
                 for entry in decisions:
                     if entry.action == "audit":
