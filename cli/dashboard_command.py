@@ -105,11 +105,6 @@ class LivePolicies:
         return infos
 
 
-def load_library_totals(library_dir: str | None) -> dict[str, int]:
-    """Policies per severity in the library: `library_dir`, `$CELVERN_LIBRARY`, else the bundled `policies/`."""
-    return load_library_catalogue(library_dir)[0]
-
-
 def load_library_catalogue(library_dir: str | None) -> tuple[dict[str, int], frozenset[str]]:
     """Policies per severity and the policy names of the library (`library_dir`, `$CELVERN_LIBRARY`, else the
     bundled `policies/`); nothing when there is no library there."""
@@ -213,10 +208,23 @@ def run_dashboard(
             cluster.close()
 
 
-@click.command("dashboard")
-@click.option(
+STORE_OPTION = click.option(
     "--store", "store_url", required=True, help="Decision store: a SQLite path, sqlite:///PATH or postgresql://..."
 )
+"""`--store URL`, shared by `celvern dashboard` and `celvern overview`."""
+LIBRARY_OPTION = click.option(
+    "--library",
+    "library_dir",
+    type=click.Path(),
+    envvar=LIBRARY_VARIABLE,
+    default=None,
+    help=f"Library directory for the totals [default: ${LIBRARY_VARIABLE}, else the policies/ shipped with celvern].",
+)
+"""`--library DIR`, shared by `celvern dashboard` and `celvern overview`."""
+
+
+@click.command("dashboard")
+@STORE_OPTION
 @click.option(
     "-p",
     "--policies",
@@ -255,14 +263,7 @@ def run_dashboard(
     help="Without a token, a Host name to answer besides localhost, 127.0.0.1 and [::1] (repeatable); other Host "
     "headers get 400 (DNS rebinding).",
 )
-@click.option(
-    "--library",
-    "library_dir",
-    type=click.Path(),
-    envvar=LIBRARY_VARIABLE,
-    default=None,
-    help=f"Library directory for the totals [default: ${LIBRARY_VARIABLE}, else the policies/ shipped with celvern].",
-)
+@LIBRARY_OPTION
 def dashboard_command(
     store_url: str,
     policy_paths: tuple[str, ...],

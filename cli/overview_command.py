@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.dashboard_command import load_infos, load_library_catalogue
-from cli.library_command import LIBRARY_VARIABLE
+from cli.dashboard_command import LIBRARY_OPTION, STORE_OPTION, load_infos, load_library_catalogue
 from cli.output import console
 from webhook.history import StoreError, open_store
 from webhook.overview import overview
@@ -139,9 +138,7 @@ def render(target: Console, data: Mapping[str, Any]) -> None:
 
 
 @click.command("overview")
-@click.option(
-    "--store", "store_url", required=True, help="Decision store: a SQLite path, sqlite:///PATH or postgresql://..."
-)
+@STORE_OPTION
 @click.option(
     "-p",
     "--policies",
@@ -150,14 +147,7 @@ def render(target: Console, data: Mapping[str, Any]) -> None:
     type=click.Path(exists=True),
     help="Loaded policies (repeatable).",
 )
-@click.option(
-    "--library",
-    "library_dir",
-    type=click.Path(),
-    envvar=LIBRARY_VARIABLE,
-    default=None,
-    help=f"Library directory for the totals [default: ${LIBRARY_VARIABLE}, else the policies/ shipped with celvern].",
-)
+@LIBRARY_OPTION
 @click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Output format."
 )
