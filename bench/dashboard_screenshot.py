@@ -125,7 +125,7 @@ def seed(store: DecisionStore, policies: Sequence[PolicyInfo], count: int, rng: 
     store.record_scan(scan)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed(store, policies, arguments.decisions, rng)
         totals, names = load_library_catalogue(None)
         app = create_dashboard_app(store, lambda: policies, totals, clock=lambda: NOW, library_names=names)
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import uvicorn
 
-from bench.dashboard_screenshot import NOW, SEED, _free_port, loaded_policies, seed
+from bench.dashboard_screenshot import NOW, SEED, free_port, loaded_policies, seed
 from bench.report import Table, Target, add_write_flag, command_line, section, targets_table, write_section
 from cli.dashboard_command import load_library_catalogue
 from webhook.dashboard import create_dashboard_app
@@ -52,7 +52,7 @@ def measure(store: DecisionStore, policies: Sequence[PolicyInfo], requests: int)
     """(median ms, p95 ms) per route, over real HTTP to the dashboard app served on loopback."""
     totals, names = load_library_catalogue(None)
     app = create_dashboard_app(store, lambda: policies, totals, clock=lambda: NOW, library_names=names)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, loop="asyncio")
     )

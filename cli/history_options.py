@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from webhook.history import DecisionRecorder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,7 +88,7 @@ class HistoryError(click.ClickException):
     exit_code = 2
 
 
-def recorder(url: str, retention: float, registry: Any = None) -> Any:
+def recorder(url: str, retention: float, registry: CollectorRegistry | None = None) -> DecisionRecorder:
     """A started-later `DecisionRecorder` writing to `url` (a fresh store per (re)connection)."""
     from webhook.history import DecisionRecorder, open_store
 
